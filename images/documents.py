@@ -1,0 +1,200 @@
+"""The document manager: image records, kept in MongoDB's `images` collection or in Django's database.
+
+Both managers take and return the same `ImageRecord`s and order pages the same way (newest first,
+keyset on `(uploaded_at, image_id)`), so a page costs the same at record 100 as at record 100,000.
+"""
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Protocol
+
+from bson import ObjectId
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from . import mongo
+from .models import StoredImage
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str
+    model_id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    width: int
+    height: int
+    uploaded_at: datetime
+
+
+# A position in the newest-first order: the (uploaded_at, image_id) of the last record seen.
+Position = tuple[datetime, str]
+
+
+class DuplicateImage(Exception):
+    """A record with the same `(model_id, sha256)` exists already."""
+
+
+class Documents(Protocol):
+    def insert(self, record: ImageRecord) -> None:
+        """Raises `DuplicateImage` if `(model_id, sha256)` exists."""
+
+    def get(self, image_id: str) -> ImageRecord | None: ...
+
+    def find(self, model_id: str, sha256: str) -> ImageRecord | None: ...
+
+    def page(self, model_id: str | None, after: Position | None, limit: int) -> list[ImageRecord]:
+        """Up to `limit` records, newest first, strictly after `after`."""
+
+    def delete(self, image_id: str) -> ImageRecord | None: ...
+
+    def references(self, sha256: str) -> bool:
+        """Whether any record still needs the blob `sha256`."""
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """Serializes a record change with the blob check that follows it, where the store can."""
+
+
+def new_image_id() -> str:
+    """Time-ordered, unique across processes, and the same format in both modes."""
+    return str(ObjectId())
+
+
+class MongoDocuments:
+    _indexed: set[tuple[int, str, str]] = set()
+    _index_lock = threading.Lock()
+
+    INDEXES = [
+        IndexModel(
+            [("model_id", ASCENDING), ("uploaded_at", DESCENDING), ("_id", DESCENDING)],
+            name="model_newest",
+        ),
+        IndexModel([("model_id", ASCENDING), ("sha256", ASCENDING)], name="model_sha256", unique=True),
+        IndexModel([("sha256", ASCENDING)], name="sha256"),
+        IndexModel([("uploaded_at", DESCENDING), ("_id", DESCENDING)], name="newest"),
+    ]
+
+    def __init__(self) -> None:
+        self.collection: Collection = mongo.get_database()["images"]
+
+    def ensure_indexes(self) -> None:
+        """Creates the indexes once per process (idempotent on the server)."""
+        key = (os.getpid(), settings.MONGO["URI"], settings.MONGO["DB"])
+        if key not in self._indexed:
+            with self._index_lock:
+                if key not in self._indexed:
+                    self.collection.create_indexes(self.INDEXES)
+                    self._indexed.add(key)
+
+    @staticmethod
+    def _record(doc: dict) -> ImageRecord:
+        doc["image_id"] = str(doc.pop("_id"))
+        return ImageRecord(**doc)
+
+    def insert(self, record: ImageRecord) -> None:
+        self.ensure_indexes()
+        doc = asdict(record)
+        doc["_id"] = ObjectId(doc.pop("image_id"))
+        try:
+            self.collection.insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise DuplicateImage from exc
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        if not ObjectId.is_valid(image_id):
+            return None
+        doc = self.collection.find_one({"_id": ObjectId(image_id)})
+        return doc and self._record(doc)
+
+    def find(self, model_id: str, sha256: str) -> ImageRecord | None:
+        doc = self.collection.find_one({"model_id": model_id, "sha256": sha256})
+        return doc and self._record(doc)
+
+    def page(self, model_id: str | None, after: Position | None, limit: int) -> list[ImageRecord]:
+        query: dict = {}
+        if model_id is not None:
+            query["model_id"] = model_id
+        if after is not None:
+            at, image_id = after
+            query["$or"] = [
+                {"uploaded_at": {"$lt": at}},
+                {"uploaded_at": at, "_id": {"$lt": ObjectId(image_id)}},
+            ]
+        cursor = self.collection.find(query).sort([("uploaded_at", -1), ("_id", -1)]).limit(limit)
+        return [self._record(doc) for doc in cursor]
+
+    def delete(self, image_id: str) -> ImageRecord | None:
+        if not ObjectId.is_valid(image_id):
+            return None
+        doc = self.collection.find_one_and_delete({"_id": ObjectId(image_id)})
+        return doc and self._record(doc)
+
+    def references(self, sha256: str) -> bool:
+        return self.collection.find_one({"sha256": sha256}, {"_id": 1}) is not None
+
+    def atomic(self) -> AbstractContextManager[None]:
+        # A standalone server has no multi-document transactions; services.py re-checks instead.
+        return contextlib.nullcontext()
+
+
+class SQLDocuments:
+    @staticmethod
+    def _record(row: StoredImage) -> ImageRecord:
+        return ImageRecord(**{f: getattr(row, f) for f in ImageRecord.__dataclass_fields__})
+
+    def insert(self, record: ImageRecord) -> None:
+        try:
+            with transaction.atomic():
+                StoredImage.objects.create(**asdict(record))
+        except IntegrityError as exc:
+            raise DuplicateImage from exc
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        row = StoredImage.objects.filter(image_id=image_id).first()
+        return row and self._record(row)
+
+    def find(self, model_id: str, sha256: str) -> ImageRecord | None:
+        row = StoredImage.objects.filter(model_id=model_id, sha256=sha256).first()
+        return row and self._record(row)
+
+    def page(self, model_id: str | None, after: Position | None, limit: int) -> list[ImageRecord]:
+        rows = StoredImage.objects.order_by("-uploaded_at", "-image_id")
+        if model_id is not None:
+            rows = rows.filter(model_id=model_id)
+        if after is not None:
+            at, image_id = after
+            rows = rows.filter(Q(uploaded_at__lt=at) | Q(uploaded_at=at, image_id__lt=image_id))
+        return [self._record(row) for row in rows[:limit]]
+
+    def delete(self, image_id: str) -> ImageRecord | None:
+        with transaction.atomic():
+            row = StoredImage.objects.filter(image_id=image_id).first()
+            if row is None:
+                return None
+            record = self._record(row)
+            row.delete()
+        return record
+
+    def references(self, sha256: str) -> bool:
+        return StoredImage.objects.filter(sha256=sha256).exists()
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        # SQLite's write lock (taken at BEGIN IMMEDIATE) serializes the whole block.
+        with transaction.atomic():
+            yield
+
+
+def get_documents() -> Documents:
+    return MongoDocuments() if settings.MONGO else SQLDocuments()

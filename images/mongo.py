@@ -1,0 +1,42 @@
+"""The process's MongoDB connection, made lazily.
+
+`MongoClient` is not fork-safe, so nothing connects at import time: the first call in each process
+(a gunicorn worker, after the fork) makes the client. Settings are read at call time, so tests can
+point it elsewhere with the `settings` fixture.
+"""
+
+import os
+import threading
+
+from django.conf import settings
+from pymongo import MongoClient
+from pymongo.database import Database
+
+_lock = threading.Lock()
+_clients: dict[tuple[int, str], MongoClient] = {}
+
+
+def get_client() -> MongoClient:
+    key = (os.getpid(), settings.MONGO["URI"])
+    client = _clients.get(key)
+    if client is None:
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                timeout = settings.MONGO_TIMEOUT_MS
+                client = MongoClient(
+                    settings.MONGO["URI"],
+                    tz_aware=True,
+                    connect=False,
+                    appname="image-service",
+                    # A server that is down must give a 503 within seconds, never a hang.
+                    serverSelectionTimeoutMS=timeout,
+                    connectTimeoutMS=timeout,
+                    socketTimeoutMS=max(timeout * 3, 10_000),
+                )
+                _clients[key] = client
+    return client
+
+
+def get_database() -> Database:
+    return get_client()[settings.MONGO["DB"]]

@@ -1,0 +1,113 @@
+"""Adding and removing images: records and blobs, written in the order that survives a crash.
+
+Adding writes the blob, then the record: a crash in between leaves an orphan blob (reclaimable),
+never a record without bytes. Removing deletes the record, then the blob once no record needs it.
+"""
+
+import hashlib
+import logging
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.core.files.storage import Storage, storages
+from django.core.files.uploadedfile import UploadedFile
+
+from .documents import Documents, DuplicateImage, ImageRecord, get_documents, new_image_id
+from .errors import InvalidRequest, PayloadTooLarge
+from .validation import inspect_image, sanitize_filename
+
+log = logging.getLogger(__name__)
+
+
+def image_storage() -> Storage:
+    return storages["images"]
+
+
+def max_upload_bytes() -> int:
+    return settings.MAX_UPLOAD_MB * 1024 * 1024
+
+
+def sha256_of(file: UploadedFile) -> str:
+    digest = hashlib.sha256()
+    for chunk in file.chunks():
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def now() -> datetime:
+    """Millisecond precision, which is what MongoDB keeps, so both modes agree."""
+    at = datetime.now(UTC)
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+def add_image(file: UploadedFile, model_id: str) -> tuple[ImageRecord, bool]:
+    """Stores `file` for `model_id`; returns the record and whether it is new.
+
+    The same bytes for the same model return the existing record, with nothing written.
+    """
+    if not file.size:
+        raise InvalidRequest("The file is empty.", code="empty_file")
+    if file.size > max_upload_bytes():
+        raise PayloadTooLarge(f"The file is larger than {settings.MAX_UPLOAD_MB} MB.")
+    sha256 = sha256_of(file)
+    info = inspect_image(file)
+    docs = get_documents()
+    if existing := docs.find(model_id, sha256):
+        return existing, False
+
+    storage = image_storage()
+    storage.save(sha256, file)
+    record = ImageRecord(
+        image_id=new_image_id(),
+        model_id=model_id,
+        filename=sanitize_filename(file.name) or f"{sha256[:12]}.{info.extension}",
+        content_type=info.content_type,
+        size=file.size,
+        sha256=sha256,
+        width=info.width,
+        height=info.height,
+        uploaded_at=now(),
+    )
+    inserted = False
+    try:
+        with docs.atomic():
+            docs.insert(record)
+            inserted = True
+            # A delete of the last record that shared these bytes may have removed the blob since
+            # we saved it; put it back before answering, so the record never points at nothing.
+            if not storage.exists(sha256):
+                storage.save(sha256, file)
+    except DuplicateImage:
+        # A concurrent upload of the same bytes for the same model won the race: answer with its
+        # record (or, if that was deleted in the meantime, start over).
+        existing = docs.find(model_id, sha256)
+        return (existing, False) if existing else add_image(file, model_id)
+    except BaseException:
+        _undo_quietly(docs, record, inserted)
+        raise
+    return record, True
+
+
+def delete_image(image_id: str) -> ImageRecord | None:
+    docs = get_documents()
+    with docs.atomic():
+        record = docs.delete(image_id)
+        if record is not None:
+            release_blob(docs, record.sha256)
+    return record
+
+
+def release_blob(docs: Documents, sha256: str) -> None:
+    """Deletes the blob once no record refers to it."""
+    if not docs.references(sha256):
+        image_storage().delete(sha256)
+
+
+def _undo_quietly(docs: Documents, record: ImageRecord, inserted: bool) -> None:
+    """Best-effort clean-up after a failed upload; an orphan left here is reclaimable later."""
+    try:
+        if inserted:
+            docs.delete(record.image_id)  # a no-op where the transaction rolled it back already
+        release_blob(docs, record.sha256)
+    except Exception:
+        log.warning("could not clean up after a failed upload of %s", record.sha256, exc_info=True)

@@ -1,0 +1,128 @@
+"""Responses that carry image bytes: validators, conditional requests, single ranges, safe headers.
+
+Bytes stream from the storage's own seekable file (a real file or a GridOut), never read whole.
+Under WSGI, Django hands a `FileResponse`'s file to `wsgi.file_wrapper`, and the server then reads
+it to the end (or `sendfile`s `Content-Length` bytes from its current offset), bypassing Django. So a
+range is enforced in two places: the file is positioned at the range's start and `RangeReader.read()`
+stops at its end, and `Content-Length` is always set explicitly.
+"""
+
+import re
+from typing import IO
+from urllib.parse import quote
+
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.utils.cache import get_conditional_response
+from django.utils.http import http_date
+
+from .documents import ImageRecord
+from .services import image_storage
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
+SAFE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    # Opened directly, a GIF/JS polyglot or an HTML-ish payload can neither run nor load anything.
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Cross-Origin-Resource-Policy": "cross-origin",
+    "Accept-Ranges": "bytes",
+}
+
+
+class RangeReader:
+    """A file object that yields at most `length` bytes from the file's current position."""
+
+    def __init__(self, file: IO[bytes], length: int):
+        self.file = file
+        self.remaining = length
+        if hasattr(file, "fileno"):
+            self.fileno = file.fileno  # lets the WSGI server sendfile() from the same offset
+
+    def read(self, size: int = -1) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        size = self.remaining if size is None or size < 0 else min(size, self.remaining)
+        data = self.file.read(size)
+        self.remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266 `inline`, with an ASCII fallback and the exact name in `filename*`."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The inclusive byte span of a single `Range`, or None to send the whole body.
+
+    Raises ValueError when the range cannot be satisfied. Multiple ranges and malformed headers
+    are ignored, as RFC 9110 allows.
+    """
+    match = RANGE.match(header.replace(" ", ""))
+    if not match:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix range: the last N bytes
+        if int(last) == 0:
+            raise ValueError
+        return max(0, size - int(last)), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise ValueError
+    return start, end
+
+
+def blob_response(
+    request: HttpRequest, record: ImageRecord, cache_control: str = IMMUTABLE
+) -> HttpResponseBase:
+    etag = f'"{record.sha256}"'
+    last_modified = int(record.uploaded_at.timestamp())
+    headers = {
+        **SAFE_HEADERS,
+        "ETag": etag,
+        "Last-Modified": http_date(last_modified),
+        "Cache-Control": cache_control,
+        "Content-Disposition": content_disposition(record.filename),
+    }
+    validators = HttpResponse(headers=headers)
+    conditional = get_conditional_response(request, etag, last_modified, validators)
+    if conditional is not validators:
+        return conditional  # 304 or 412
+
+    size = record.size
+    span = None
+    if_range = request.headers.get("If-Range")
+    if "Range" in request.headers and if_range in (None, etag, headers["Last-Modified"]):
+        try:
+            span = parse_range(request.headers["Range"], size)
+        except ValueError:
+            return JsonResponse(
+                {"error": "range_not_satisfiable", "detail": f"The image has {size} bytes."},
+                status=416,
+                headers={"Content-Range": f"bytes */{size}", "Cache-Control": "no-store"},
+            )
+    start, end = span or (0, size - 1)
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    status = 206 if span else 200
+
+    if request.method == "HEAD":
+        return HttpResponse(status=status, headers=headers, content_type=record.content_type)
+    file = image_storage().open(record.sha256).file
+    file.seek(start)
+    return FileResponse(
+        RangeReader(file, end - start + 1),
+        status=status,
+        content_type=record.content_type,
+        headers=headers,
+    )

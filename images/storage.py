@@ -1,0 +1,150 @@
+"""Blob storages for image bytes: Django `Storage` classes, so the rest of the code never asks which.
+
+Both are content-addressed: a blob's name is a hex digest of its bytes (the sha256 for originals), so
+a name that exists already holds the same bytes and saving it again is a no-op. Both write the bytes
+somewhere invisible first and publish them in one atomic step, so a crash mid-write never leaves a
+readable half-blob under a real name.
+"""
+
+import contextlib
+import os
+import re
+import tempfile
+from typing import Any
+
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files import File
+from django.core.files.storage import FileSystemStorage, Storage
+from django.utils.deconstruct import deconstructible
+from gridfs import GridFSBucket, NoFile
+from pymongo.collection import Collection
+
+from . import mongo
+
+BLOB_NAME = re.compile(r"[0-9a-f]{4}[0-9A-Za-z_.-]*\Z")
+
+
+class ContentAddressedMixin:
+    """Names are digests of content: never renamed on collision, and saved once."""
+
+    def get_available_name(self, name: str, max_length: int | None = None) -> str:
+        if not BLOB_NAME.match(name) or ".." in name:
+            raise SuspiciousFileOperation(f"{name!r} is not a blob name")
+        return name
+
+    def _save(self, name: str, content: File) -> str:
+        if not self.exists(name):
+            self._write(name, content)
+        return name
+
+
+@deconstructible(path="images.storage.BlobFileSystemStorage")
+class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
+    """Blobs as files under `location`, fanned out as `ab/cd/<name>`.
+
+    A blob is written to `location/.tmp/`, fsynced, then renamed into place, so it appears whole or
+    not at all.
+    """
+
+    TEMP_DIR = ".tmp"
+
+    def path(self, name: str) -> str:
+        self.get_available_name(name)
+        return os.path.join(self.location, name[:2], name[2:4], name)
+
+    def _write(self, name: str, content: File) -> None:
+        final = self.path(name)
+        temp_dir = os.path.join(self.location, self.TEMP_DIR)
+        os.makedirs(temp_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=temp_dir, prefix=name[:16] + "-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in content.chunks():
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if self.file_permissions_mode is not None:
+                os.chmod(temp, self.file_permissions_mode)
+            os.replace(temp, final)
+        except BaseException:
+            os.unlink(temp)
+            raise
+        _fsync_dir(os.path.dirname(final))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@deconstructible(path="images.storage.GridFSStorage")
+class GridFSStorage(ContentAddressedMixin, Storage):
+    """Blobs in a MongoDB GridFS bucket, one GridFS file per name (its `filename`).
+
+    GridFS inserts the files document only after the last chunk, so a blob becomes visible whole. An
+    upload that fails partway is aborted, since GridIn leaves its chunks behind otherwise. Two
+    concurrent saves of the same name can both write; the later copy is removed right after.
+    """
+
+    def __init__(self, bucket_name: str = "fs"):
+        self.bucket_name = bucket_name
+
+    @property
+    def bucket(self) -> GridFSBucket:
+        return GridFSBucket(mongo.get_database(), bucket_name=self.bucket_name)
+
+    @property
+    def files(self) -> Collection:
+        return mongo.get_database()[f"{self.bucket_name}.files"]
+
+    def _write(self, name: str, content: File) -> None:
+        bucket = self.bucket
+        stream = bucket.open_upload_stream(name)
+        try:
+            for chunk in content.chunks():
+                stream.write(chunk)
+            stream.close()
+        except BaseException:
+            stream.abort()
+            raise
+        first = self.files.find_one({"filename": name}, {"_id": 1}, sort=[("_id", 1)])
+        if first is not None and first["_id"] != stream._id:
+            self._delete_file(bucket, stream._id)
+
+    def _open(self, name: str, mode: str = "rb") -> File:
+        try:
+            grid_out = self.bucket.open_download_stream_by_name(name)
+        except NoFile as exc:
+            raise FileNotFoundError(name) from exc
+        return File(grid_out, name)
+
+    def exists(self, name: str) -> bool:
+        return self.files.find_one({"filename": name}, {"_id": 1}) is not None
+
+    def size(self, name: str) -> int:
+        doc = self.files.find_one({"filename": name}, {"length": 1})
+        if doc is None:
+            raise FileNotFoundError(name)
+        return doc["length"]
+
+    def delete(self, name: str) -> None:
+        bucket = self.bucket
+        for doc in self.files.find({"filename": name}, {"_id": 1}):
+            self._delete_file(bucket, doc["_id"])
+
+    @staticmethod
+    def _delete_file(bucket: GridFSBucket, file_id: Any) -> None:
+        with contextlib.suppress(NoFile):  # deleted meanwhile by someone else
+            bucket.delete(file_id)  # files document first, then its chunks
+
+    def get_modified_time(self, name: str) -> Any:
+        doc = self.files.find_one({"filename": name}, {"uploadDate": 1})
+        if doc is None:
+            raise FileNotFoundError(name)
+        return doc["uploadDate"]
+
+    get_created_time = get_modified_time

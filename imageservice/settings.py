@@ -1,0 +1,163 @@
+"""Settings for image-service: the one place that reads the environment (and `.env`).
+
+Every variable is documented in `.env.example` and the README.
+"""
+
+import secrets
+from pathlib import Path
+from urllib.parse import quote_plus
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")  # never overrides variables already set
+
+DEBUG = env.bool("DEBUG", default=False)
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "data"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _persistent_secret_key() -> str:
+    """A random key kept under DATA_DIR, so that a quick start needs no configuration."""
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env.str("SECRET_KEY", default="") or _persistent_secret_key()
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "corsheaders",
+    "rest_framework",
+    "images",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "images.errors.JSONErrorMiddleware",
+]
+
+ROOT_URLCONF = "imageservice.urls"
+WSGI_APPLICATION = "imageservice.wsgi.application"
+APPEND_SLASH = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+# --- Records ---------------------------------------------------------------------------------
+# Django's database holds the image records in embedded mode (and Django's own tables in both).
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": DATA_DIR / "imageservice.sqlite3",
+        "OPTIONS": {
+            # WAL lets readers run beside the writer; IMMEDIATE takes the write lock at BEGIN, so two
+            # transactions never deadlock upgrading a read lock; FULL makes a 2xx survive power loss.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 5,
+        },
+    }
+}
+
+# --- MongoDB ---------------------------------------------------------------------------------
+# Setting MONGO_URI or any MONGO_* part selects Mongo mode; with none set, the embedded default runs.
+_MONGO_PARTS = ("MONGO_HOST", "MONGO_PORT", "MONGO_DB", "MONGO_USER", "MONGO_PASSWORD")
+MONGO_TIMEOUT_MS = env.int("MONGO_TIMEOUT_MS", default=3000)
+
+
+def _mongo_uri() -> str:
+    if uri := env.str("MONGO_URI", default=""):
+        return uri
+    host = env.str("MONGO_HOST", default="localhost")
+    port = env.int("MONGO_PORT", default=27017)
+    user = env.str("MONGO_USER", default="")
+    if user:
+        password = env.str("MONGO_PASSWORD", default="")
+        return f"mongodb://{quote_plus(user)}:{quote_plus(password)}@{host}:{port}/"
+    return f"mongodb://{host}:{port}/"
+
+
+if env.str("MONGO_URI", default="") or any(env.str(v, default="") for v in _MONGO_PARTS):
+    # Read lazily by images.mongo, which connects only after gunicorn has forked.
+    MONGO = {"URI": _mongo_uri(), "DB": env.str("MONGO_DB", default="CatalogServiceDB")}
+else:
+    MONGO = None
+
+# --- Image storage ---------------------------------------------------------------------------
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "images": (
+        {"BACKEND": "images.storage.GridFSStorage", "OPTIONS": {"bucket_name": "fs"}}
+        if MONGO
+        else {
+            "BACKEND": "images.storage.BlobFileSystemStorage",
+            "OPTIONS": {"location": str(DATA_DIR / "blobs")},
+        }
+    ),
+}
+
+# Uploads over 1 MB spool to disk next to the blobs, so memory never grows with an upload's size.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "tmp")
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(exist_ok=True)
+FILE_UPLOAD_PERMISSIONS = 0o644
+DATA_UPLOAD_MAX_NUMBER_FIELDS = env.int("MAX_FORM_FIELDS", default=20)
+DATA_UPLOAD_MAX_NUMBER_FILES = env.int("MAX_FORM_FILES", default=2)
+
+# --- Image rules -----------------------------------------------------------------------------
+MAX_UPLOAD_MB = env.int("MAX_UPLOAD_MB", default=25)
+MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=50_000_000)
+ALLOWED_IMAGE_FORMATS = [
+    f.upper() for f in env.list("ALLOWED_IMAGE_FORMATS", default=["JPEG", "PNG", "WEBP", "GIF"])
+]
+# /image/<model_id> changes when a newer image arrives: caches keep it briefly, then revalidate.
+MODEL_IMAGE_MAX_AGE = env.int("MODEL_IMAGE_MAX_AGE", default=60)
+
+# --- API -------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "EXCEPTION_HANDLER": "images.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_EXPOSE_HEADERS = [
+    "ETag",
+    "Content-Range",
+    "Accept-Ranges",
+    "Content-Disposition",
+    "Content-Length",
+    "Link",
+]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}
