@@ -69,10 +69,10 @@ def as_api_exception(exc: Exception) -> exceptions.APIException | None:
         return exceptions.NotFound(str(exc) or "Not found.")
     if isinstance(exc, PermissionDenied):
         return exceptions.PermissionDenied(str(exc) or None)
-    if isinstance(exc, (ConnectionFailure, sqlite3.OperationalError, OperationalError)):
+    if isinstance(exc, ConnectionFailure) or _sqlite_says(exc, "locked"):
         log.warning("storage unavailable: %s", exc)
         return StorageUnavailable()
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or _sqlite_says(exc, "full"):
         log.error("storage full: %s", exc)
         return InsufficientStorage()
     if isinstance(exc, RequestDataTooBig):
@@ -82,6 +82,11 @@ def as_api_exception(exc: Exception) -> exceptions.APIException | None:
     if isinstance(exc, (MultiPartParserError, SuspiciousOperation)):
         return InvalidRequest(f"Malformed request: {exc}", code="malformed_request")
     return None
+
+
+def _sqlite_says(exc: Exception, word: str) -> bool:
+    """SQLite reports a busy lock and a full disk as OperationalErrors, told apart by message."""
+    return isinstance(exc, (OperationalError, sqlite3.OperationalError)) and word in str(exc)
 
 
 def error_response(exc: Exception) -> JsonResponse | None:

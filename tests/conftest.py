@@ -1,0 +1,100 @@
+"""Fixtures that run the same tests in both storage modes, against real servers.
+
+`store` is parametrized over "embedded" (SQLite + files) and "mongo" (FerretDB, or the MongoDB at
+MONGO_TEST_URI). Mongo mode never silently disappears: under CI=true a missing server fails the run.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymongo
+import pytest
+from django.core.files.storage import storages
+
+from images.documents import get_documents
+from tests import servers
+
+MODES = ["embedded", "mongo"]
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MongoDB-compatible server for the whole session."""
+    if uri := os.environ.get("MONGO_TEST_URI"):
+        yield uri
+        return
+    binary = servers.ferretdb_binary()
+    if binary is None or not binary.exists():
+        message = "FerretDB is not built: run scripts/install-ferretdb (scripts/test does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with servers.ferretdb(binary, tmp_path_factory.mktemp("ferretdb")) as uri:
+        yield uri
+
+
+@dataclass
+class Store:
+    """One storage mode, configured into Django's settings, with ways to look behind the API."""
+
+    mode: str
+    blob_dir: Path | None = None
+    mongo_db: pymongo.database.Database | None = None
+
+    @property
+    def storage(self):
+        return storages["images"]
+
+    def records(self) -> list:
+        return get_documents().page(None, None, 10_000)
+
+    def blob_names(self) -> list[str]:
+        """Every blob, and every piece of one, that exists in the backend."""
+        if self.mongo_db is not None:
+            files = [d["filename"] for d in self.mongo_db["fs.files"].find()]
+            orphans = self.mongo_db["fs.chunks"].count_documents(
+                {"files_id": {"$nin": [d["_id"] for d in self.mongo_db["fs.files"].find()]}}
+            )
+            return files + ["<orphan chunk>"] * orphans
+        return sorted(p.name for p in self.blob_dir.rglob("*") if p.is_file())
+
+    def assert_empty(self) -> None:
+        assert self.records() == []
+        assert self.blob_names() == []
+
+
+def configure_store(mode: str, settings, tmp_path: Path, request) -> Iterator[Store]:
+    if mode == "embedded":
+        blob_dir = tmp_path / "blobs"
+        settings.MONGO = None
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "images": {
+                "BACKEND": "images.storage.BlobFileSystemStorage",
+                "OPTIONS": {"location": str(blob_dir)},
+            },
+        }
+        yield Store(mode, blob_dir=blob_dir)
+        return
+    uri = request.getfixturevalue("mongo_uri")
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    settings.MONGO = {"URI": uri, "DB": name}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "images": {"BACKEND": "images.storage.GridFSStorage", "OPTIONS": {"bucket_name": "fs"}},
+    }
+    client = pymongo.MongoClient(uri, tz_aware=True)
+    try:
+        yield Store(mode, mongo_db=client[name])
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+@pytest.fixture(params=MODES)
+def store(request, settings, tmp_path, db) -> Iterator[Store]:
+    """Django's test database is set up in both modes: Django's own tables live there anyway."""
+    yield from configure_store(request.param, settings, tmp_path, request)
