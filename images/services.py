@@ -9,12 +9,12 @@ import logging
 from datetime import UTC, datetime
 
 from django.conf import settings
+from django.core.files import File
 from django.core.files.storage import Storage, storages
-from django.core.files.uploadedfile import UploadedFile
 
 from .documents import Documents, DuplicateImage, ImageRecord, get_documents, new_image_id
 from .errors import InvalidRequest, PayloadTooLarge
-from .validation import inspect_image, sanitize_filename
+from .validation import ImageInfo, inspect_image, sanitize_filename
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def max_upload_bytes() -> int:
     return settings.MAX_UPLOAD_MB * 1024 * 1024
 
 
-def sha256_of(file: UploadedFile) -> str:
+def sha256_of(file: File) -> str:
     digest = hashlib.sha256()
     for chunk in file.chunks():
         digest.update(chunk)
@@ -40,17 +40,29 @@ def now() -> datetime:
     return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
-def add_image(file: UploadedFile, model_id: str) -> tuple[ImageRecord, bool]:
-    """Stores `file` for `model_id`; returns the record and whether it is new.
-
-    The same bytes for the same model return the existing record, with nothing written.
-    """
+def check_image(file: File) -> tuple[str, ImageInfo]:
+    """The checks every new image passes, from the API or a bulk import: its sha256 and what it is."""
     if not file.size:
         raise InvalidRequest("The file is empty.", code="empty_file")
     if file.size > max_upload_bytes():
         raise PayloadTooLarge(f"The file is larger than {settings.MAX_UPLOAD_MB} MB.")
-    sha256 = sha256_of(file)
-    info = inspect_image(file)
+    return sha256_of(file), inspect_image(file)
+
+
+def add_image(
+    file: File,
+    model_id: str,
+    *,
+    filename: str | None = None,
+    uploaded_at: datetime | None = None,
+    image_id: str | None = None,
+) -> tuple[ImageRecord, bool]:
+    """Stores `file` for `model_id`; returns the record and whether it is new.
+
+    The same bytes for the same model return the existing record, with nothing written. The
+    keyword arguments let an import restore an exported record exactly.
+    """
+    sha256, info = check_image(file)
     docs = get_documents()
     if existing := docs.find(model_id, sha256):
         return existing, False
@@ -58,15 +70,15 @@ def add_image(file: UploadedFile, model_id: str) -> tuple[ImageRecord, bool]:
     storage = image_storage()
     storage.save(sha256, file)
     record = ImageRecord(
-        image_id=new_image_id(),
+        image_id=image_id or new_image_id(),
         model_id=model_id,
-        filename=sanitize_filename(file.name) or f"{sha256[:12]}.{info.extension}",
+        filename=sanitize_filename(filename or file.name) or f"{sha256[:12]}.{info.extension}",
         content_type=info.content_type,
         size=file.size,
         sha256=sha256,
         width=info.width,
         height=info.height,
-        uploaded_at=now(),
+        uploaded_at=uploaded_at or now(),
     )
     inserted = False
     try:
@@ -81,7 +93,9 @@ def add_image(file: UploadedFile, model_id: str) -> tuple[ImageRecord, bool]:
         # A concurrent upload of the same bytes for the same model won the race: answer with its
         # record (or, if that was deleted in the meantime, start over).
         existing = docs.find(model_id, sha256)
-        return (existing, False) if existing else add_image(file, model_id)
+        if existing:
+            return existing, False
+        return add_image(file, model_id, filename=filename, uploaded_at=uploaded_at, image_id=image_id)
     except BaseException:
         _undo_quietly(docs, record, inserted)
         raise
