@@ -36,6 +36,7 @@ class ImageRecord:
     width: int
     height: int
     uploaded_at: datetime
+    uploaded_by: str | None = None  # the API key's name or the token's `sub`; None in open mode
 
 
 # A position in the newest-first order: the (uploaded_at, image_id) of the last record seen.
@@ -100,7 +101,8 @@ class MongoDocuments:
     @staticmethod
     def _record(doc: dict) -> ImageRecord:
         doc["image_id"] = str(doc.pop("_id"))
-        return ImageRecord(**doc)
+        # Fields this version does not know (written by other tools) are left out, not fatal.
+        return ImageRecord(**{k: v for k, v in doc.items() if k in ImageRecord.__dataclass_fields__})
 
     def insert(self, record: ImageRecord) -> None:
         self.ensure_indexes()

@@ -13,6 +13,8 @@ class StoredImage(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     uploaded_at = models.DateTimeField()
+    # None, not "", for "nobody" (open mode), exactly as in MongoDB.
+    uploaded_by = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
 
     class Meta:
         db_table = "images"
@@ -26,3 +28,19 @@ class StoredImage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_id}/{self.filename}"
+
+
+class ApiKey(models.Model):
+    """An API key in embedded mode: only the sha256 of the key is kept."""
+
+    name = models.CharField(max_length=100, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    scopes = models.CharField(max_length=100)
+    created_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "api_keys"
+
+    def __str__(self) -> str:
+        return self.name

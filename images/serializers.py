@@ -13,6 +13,7 @@ class ImageSerializer(serializers.Serializer):
     width = serializers.IntegerField()
     height = serializers.IntegerField()
     uploaded_at = serializers.DateTimeField()
+    uploaded_by = serializers.CharField(allow_null=True)
     url = serializers.SerializerMethodField()
 
     def get_url(self, record) -> str:

@@ -56,6 +56,7 @@ def add_image(
     filename: str | None = None,
     uploaded_at: datetime | None = None,
     image_id: str | None = None,
+    uploaded_by: str | None = None,
 ) -> tuple[ImageRecord, bool]:
     """Stores `file` for `model_id`; returns the record and whether it is new.
 
@@ -79,6 +80,7 @@ def add_image(
         width=info.width,
         height=info.height,
         uploaded_at=uploaded_at or now(),
+        uploaded_by=uploaded_by,
     )
     inserted = False
     try:
@@ -95,7 +97,14 @@ def add_image(
         existing = docs.find(model_id, sha256)
         if existing:
             return existing, False
-        return add_image(file, model_id, filename=filename, uploaded_at=uploaded_at, image_id=image_id)
+        return add_image(
+            file,
+            model_id,
+            filename=filename,
+            uploaded_at=uploaded_at,
+            image_id=image_id,
+            uploaded_by=uploaded_by,
+        )
     except BaseException:
         _undo_quietly(docs, record, inserted)
         raise

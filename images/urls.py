@@ -9,17 +9,14 @@ from . import views
 ID = r"(?P<image_id>[^/]+)"
 MODEL = r"(?P<model_id>[^/]+)"
 
-listing = views.ImageViewSet.as_view({"get": "list"})
+images = views.ImageViewSet.as_view
+listing = images({"get": "list"})
 
 urlpatterns = [
-    re_path(r"^upload/?$", views.ImageViewSet.as_view({"post": "upload"}), name="upload"),
+    re_path(r"^upload/?$", images({"post": "upload"}), name="upload"),
     re_path(r"^images/?$", listing, name="image-list"),
-    re_path(rf"^image/{MODEL}/?$", views.model_image, name="model-image"),
-    re_path(
-        rf"^images/{ID}/?$",
-        views.ImageViewSet.as_view({"get": "retrieve", "delete": "destroy"}),
-        name="image-detail",
-    ),
-    re_path(rf"^images/{ID}/content/?$", views.image_content, name="image-content"),
+    re_path(rf"^image/{MODEL}/?$", images({"get": "model_image"}), name="model-image"),
+    re_path(rf"^images/{ID}/?$", images({"get": "retrieve", "delete": "destroy"}), name="image-detail"),
+    re_path(rf"^images/{ID}/content/?$", images({"get": "content"}), name="image-content"),
     re_path(rf"^models/{MODEL}/images/?$", listing, name="model-images"),
 ]

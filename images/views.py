@@ -1,35 +1,42 @@
-"""HTTP endpoints: parse, call, respond.
+"""HTTP endpoints: parse, call, respond. One DRF viewset serves them all, so authentication,
+scopes and throttles apply the same way to JSON and to bytes.
 
-The JSON API is a DRF viewset. The two endpoints that return bytes are plain Django views, so that
-DRF's content negotiation never answers 406 to a browser's `Accept: image/webp,...`.
+DRF would answer 406 before the view runs when a browser's `Accept: image/webp,...` meets a JSON
+renderer; `LenientNegotiation` falls back to JSON instead, and the bytes actions never render.
 """
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponseBase
-from django.views.decorators.http import require_safe
 from rest_framework import status, viewsets
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotAcceptable, NotFound
 from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import services
+from .auth import HasScope, caller_name
 from .documents import ImageRecord, get_documents
 from .errors import InvalidRequest, PayloadTooLarge
 from .pagination import next_link, parse_cursor, parse_limit
 from .serializers import ImageSerializer
 from .serving import blob_response
+from .throttling import ReadRateThrottle, UploadRateThrottle
 from .validation import validate_model_id
 
 # Room for the multipart envelope and the model_id field around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
+BYTES_ACTIONS = {"content", "model_image"}
 
 
-class JSONOnlyNegotiation(DefaultContentNegotiation):
-    """The API answers JSON whatever the client's Accept says, rather than 406."""
+class LenientNegotiation(DefaultContentNegotiation):
+    """HTML for a browser that asks for it (the browsable API), JSON for everyone else: never 406."""
 
     def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type
 
 
 def get_record(image_id: str) -> ImageRecord:
@@ -46,8 +53,29 @@ def newest_record(model_id: str) -> ImageRecord:
     return records[0]
 
 
+def note_image(request: Request, image_id: str) -> None:
+    """Lets the request log name the image this request was about."""
+    request._request.image_id = image_id
+
+
 class ImageViewSet(viewsets.ViewSet):
-    content_negotiation_class = JSONOnlyNegotiation
+    content_negotiation_class = LenientNegotiation
+    permission_classes = [HasScope]
+
+    @property
+    def required_scope(self) -> str:
+        return SCOPES.get(self.action, "read")
+
+    def get_throttles(self):
+        return [UploadRateThrottle() if self.action in SCOPES else ReadRateThrottle()]
+
+    def get_renderers(self):
+        if getattr(self, "action", None) in BYTES_ACTIONS:
+            return [JSONRenderer()]  # only errors are rendered there
+        return super().get_renderers()
+
+    def _json(self, request: Request, record: ImageRecord, **kwargs) -> Response:
+        return Response(ImageSerializer(record, context={"request": request}).data, **kwargs)
 
     def list(self, request: Request, model_id: str | None = None) -> Response:
         in_path = model_id is not None
@@ -64,9 +92,11 @@ class ImageViewSet(viewsets.ViewSet):
         return Response(data, headers=headers)
 
     def retrieve(self, request: Request, image_id: str) -> Response:
-        return Response(ImageSerializer(get_record(image_id), context={"request": request}).data)
+        note_image(request, image_id)
+        return self._json(request, get_record(image_id))
 
     def destroy(self, request: Request, image_id: str) -> Response:
+        note_image(request, image_id)
         if services.delete_image(image_id) is None:
             raise NotFound(f"No image has image_id {image_id!r}.")
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -82,22 +112,21 @@ class ImageViewSet(viewsets.ViewSet):
                 code="missing_file" if not files else "too_many_files",
             )
         model_id = validate_model_id(request.data.get("model_id"))
-        record, created = services.add_image(files[0], model_id)
-        data = ImageSerializer(record, context={"request": request}).data
-        return Response(
-            data,
+        record, created = services.add_image(files[0], model_id, uploaded_by=caller_name(request))
+        note_image(request, record.image_id)
+        return self._json(
+            request,
+            record,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
             headers={"Location": request.build_absolute_uri(f"/images/{record.image_id}")},
         )
 
+    def content(self, request: Request, image_id: str):
+        note_image(request, image_id)
+        return blob_response(request, get_record(image_id))
 
-@require_safe
-def image_content(request: HttpRequest, image_id: str) -> HttpResponseBase:
-    return blob_response(request, get_record(image_id))
-
-
-@require_safe
-def model_image(request: HttpRequest, model_id: str) -> HttpResponseBase:
-    """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
-    cache_control = f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}"
-    return blob_response(request, newest_record(model_id), cache_control)
+    def model_image(self, request: Request, model_id: str):
+        """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
+        record = newest_record(model_id)
+        note_image(request, record.image_id)
+        return blob_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")

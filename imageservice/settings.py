@@ -34,6 +34,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[:
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.staticfiles",
     "corsheaders",
     "rest_framework",
     "images",
@@ -41,6 +42,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
     "images.errors.JSONErrorMiddleware",
@@ -53,6 +55,8 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "static/"
+WHITENOISE_USE_FINDERS = True  # serve the apps' static files as they are: no collectstatic step
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -132,15 +136,39 @@ ALLOWED_IMAGE_FORMATS = [
 # /image/<model_id> changes when a newer image arrives: caches keep it briefly, then revalidate.
 MODEL_IMAGE_MAX_AGE = env.int("MODEL_IMAGE_MAX_AGE", default=60)
 
+# --- Access ----------------------------------------------------------------------------------
+PUBLIC_READ = env.bool("PUBLIC_READ", default=True)
+JWT_HS256_SECRET = env.str("JWT_HS256_SECRET", default="")
+JWT_PUBLIC_KEY = env.str("JWT_PUBLIC_KEY", default="", multiline=True)
+JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
+JWT_ISSUER = env.str("JWT_ISSUER", default="")
+# Set by `serve`: running open without credentials is allowed only on a loopback address.
+OPEN_MODE_ALLOWED = env.bool("IMAGESERVICE_OPEN_MODE_ALLOWED", default=True)
+
+# Throttle state lives in the cache: this process's memory, or Redis shared by every instance.
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
 # --- API -------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "images.auth.ApiKeyAuthentication",
+        "images.auth.JWTAuthentication",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        # Uploads fill storage, so they are limited by default; reads are cheap and usually cached
+        # in front of the service, so they are unlimited unless THROTTLE_READ is set.
+        "upload": env.str("THROTTLE_UPLOAD", default="60/min") or None,
+        "read": env.str("THROTTLE_READ", default="") or None,
+    },
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=None),
     "EXCEPTION_HANDLER": "images.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }

@@ -98,3 +98,15 @@ def configure_store(mode: str, settings, tmp_path: Path, request) -> Iterator[St
 def store(request, settings, tmp_path, db) -> Iterator[Store]:
     """Django's test database is set up in both modes: Django's own tables live there anyway."""
     yield from configure_store(request.param, settings, tmp_path, request)
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> Iterator[None]:
+    """Throttle counters and cached key lookups must not carry over from one test to the next."""
+    from django.core.cache import cache
+
+    from images import apikeys
+
+    cache.clear()
+    apikeys.forget_cached()
+    yield

@@ -25,6 +25,7 @@ FIELDS = {
     "width",
     "height",
     "uploaded_at",
+    "uploaded_by",
     "url",
 }
 
