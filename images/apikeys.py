@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from django.conf import settings
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
@@ -52,9 +52,10 @@ class KeyStore(Protocol):
 class SQLKeyStore:
     def add(self, name: str, key_hash: str, scopes: tuple[str, ...]) -> None:
         try:
-            ApiKeyRow.objects.create(
-                name=name, key_hash=key_hash, scopes=",".join(scopes), created_at=datetime.now(UTC)
-            )
+            with transaction.atomic():
+                ApiKeyRow.objects.create(
+                    name=name, key_hash=key_hash, scopes=",".join(scopes), created_at=datetime.now(UTC)
+                )
         except IntegrityError as exc:
             raise KeyExists(name) from exc
 
@@ -80,7 +81,7 @@ class MongoKeyStore:
         self.collection = mongo.get_database()["api_keys"]
 
     def add(self, name: str, key_hash: str, scopes: tuple[str, ...]) -> None:
-        self.collection.create_indexes(self.INDEXES)
+        mongo.ensure_indexes(self.collection, self.INDEXES)
         doc = {"name": name, "key_hash": key_hash, "scopes": list(scopes), "created_at": datetime.now(UTC)}
         try:
             self.collection.insert_one(doc)

@@ -5,8 +5,6 @@ keyset on `(uploaded_at, image_id)`), so a page costs the same at record 100 as 
 """
 
 import contextlib
-import os
-import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -73,9 +71,6 @@ def new_image_id() -> str:
 
 
 class MongoDocuments:
-    _indexed: set[tuple[int, str, str]] = set()
-    _index_lock = threading.Lock()
-
     INDEXES = [
         IndexModel(
             [("model_id", ASCENDING), ("uploaded_at", DESCENDING), ("_id", DESCENDING)],
@@ -90,13 +85,7 @@ class MongoDocuments:
         self.collection: Collection = mongo.get_database()["images"]
 
     def ensure_indexes(self) -> None:
-        """Creates the indexes once per process (idempotent on the server)."""
-        key = (os.getpid(), settings.MONGO["URI"], settings.MONGO["DB"])
-        if key not in self._indexed:
-            with self._index_lock:
-                if key not in self._indexed:
-                    self.collection.create_indexes(self.INDEXES)
-                    self._indexed.add(key)
+        mongo.ensure_indexes(self.collection, self.INDEXES)
 
     @staticmethod
     def _record(doc: dict) -> ImageRecord:

@@ -9,7 +9,8 @@ import os
 import threading
 
 from django.conf import settings
-from pymongo import MongoClient
+from pymongo import IndexModel, MongoClient
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 _lock = threading.Lock()
@@ -40,3 +41,22 @@ def get_client() -> MongoClient:
 
 def get_database() -> Database:
     return get_client()[settings.MONGO["DB"]]
+
+
+_indexed: set[tuple] = set()
+
+
+def ensure_indexes(collection: Collection, indexes: list[IndexModel]) -> None:
+    """Creates `indexes` once per process (the server treats a repeat as a no-op).
+
+    One at a time: FerretDB 1.24 drops the connection when a single createIndexes command names
+    several indexes that all exist already, which MongoDB accepts (see tests/test_mongo.py).
+    """
+    key = (os.getpid(), settings.MONGO["URI"], collection.database.name, collection.name)
+    if key in _indexed:
+        return
+    with _lock:
+        if key not in _indexed:
+            for index in indexes:
+                collection.create_indexes([index])
+            _indexed.add(key)

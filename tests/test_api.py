@@ -30,11 +30,14 @@ FIELDS = {
 }
 
 
-def upload(client, data: bytes, model_id: str | None = "m1", name: str = "a.jpg", field: str = "file"):
+def upload(
+    client, data: bytes, model_id: str | None = "m1", name: str = "a.jpg", field: str = "file", **extra
+):
+    """POST /upload as the old clients do; `extra` carries request headers (HTTP_AUTHORIZATION=...)."""
     form = {field: SimpleUploadedFile(name, data, content_type="image/jpeg")}
     if model_id is not None:
         form["model_id"] = model_id
-    return client.post("/upload", form)
+    return client.post("/upload", form, **extra)
 
 
 def body(response) -> bytes:

@@ -4,19 +4,32 @@ Bytes are served through WSGI, not ASGI: Django's ASGI handler buffers a whole F
 memory, while gunicorn streams it (with sendfile where the blob is a real file).
 """
 
+import ipaddress
 import logging
 import os
 import sys
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from pymongo.errors import PyMongoError
 
+from images import apikeys
+from images.auth import jwt_configured
 from images.documents import MongoDocuments
 from images.mongo import get_client
 
 log = logging.getLogger(__name__)
+
+
+def is_loopback(bind: str) -> bool:
+    host = bind.rpartition(":")[0].strip("[]") if ":" in bind else bind
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname or unix socket: treat as exposed
 
 
 class Command(BaseCommand):
@@ -26,11 +39,21 @@ class Command(BaseCommand):
         parser.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
         parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
         parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            help="allow running without any credential configured on a non-loopback address",
+        )
 
-    def handle(self, *args, bind: str, workers: int, threads: int, **options) -> None:
+    def handle(self, *args, bind: str, workers: int, threads: int, insecure: bool, **options) -> None:
         call_command("migrate", interactive=False, verbosity=0)
-        if settings.MONGO:
-            self._prepare_mongo()
+        try:
+            if settings.MONGO:
+                self._prepare_mongo()
+            self._check_access(bind, insecure)
+        finally:
+            if settings.MONGO:
+                get_client().close()  # MongoClient is not fork-safe: the workers make their own
         mode = "mongo" if settings.MONGO else f"embedded ({settings.DATA_DIR})"
         self.stdout.write(f"image-service: {mode} mode, listening on http://{bind}/")
         self.stdout.flush()
@@ -49,11 +72,30 @@ class Command(BaseCommand):
         ]  # fmt: skip
         os.execv(sys.executable, argv)
 
+    def _check_access(self, bind: str, insecure: bool) -> None:
+        """Running open (no key, no JWT key) is for development on loopback only."""
+        loopback = is_loopback(bind)
+        os.environ["IMAGESERVICE_OPEN_MODE_ALLOWED"] = "1" if loopback or insecure else "0"
+        try:
+            if jwt_configured() or apikeys.any_active():
+                return
+        except PyMongoError:
+            # Cannot tell yet. Start anyway: off loopback, open mode stays disallowed (above).
+            return
+        if not loopback and not insecure:
+            raise CommandError(
+                f"Refusing to serve on {bind} with no authentication configured: anyone could upload "
+                "and delete. Create a key (manage.py create_api_key NAME --scopes read,write,admin), "
+                "set JWT_HS256_SECRET or JWT_PUBLIC_KEY, or pass --insecure to run open anyway."
+            )
+        self.stderr.write(
+            "WARNING: no API key and no JWT key are configured, so anyone who can reach "
+            f"{bind} may upload and delete (development mode)."
+        )
+
     def _prepare_mongo(self) -> None:
         """Creates the indexes up front; an unreachable server is reported, not fatal (503s follow)."""
         try:
             MongoDocuments().ensure_indexes()
         except PyMongoError as exc:
             log.warning("MongoDB is not reachable yet (%s); requests will get 503 until it is", exc)
-        finally:
-            get_client().close()  # MongoClient is not fork-safe: the workers make their own
