@@ -97,6 +97,7 @@ def error_response(exc: Exception) -> JsonResponse | None:
     code = codes if isinstance(codes, str) else api_exc.default_code
     detail = api_exc.detail if isinstance(api_exc.detail, str) else str(api_exc.detail)
     response = JsonResponse({"error": code, "detail": detail}, status=api_exc.status_code)
+    response.error_code = code  # for the refused-uploads metric
     if auth_header := getattr(api_exc, "auth_header", None):  # set by DRF for 401s
         response["WWW-Authenticate"] = auth_header
     wait = RETRY_AFTER_SECONDS if isinstance(api_exc, StorageUnavailable) else getattr(api_exc, "wait", None)

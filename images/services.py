@@ -14,6 +14,7 @@ from django.core.files.storage import Storage, storages
 
 from .documents import Documents, DuplicateImage, ImageRecord, get_documents, new_image_id
 from .errors import InvalidRequest, PayloadTooLarge
+from .observability import BYTES_STORED, IMAGES_STORED, timed
 from .validation import ImageInfo, inspect_image, sanitize_filename
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def add_image(
         return existing, False
 
     storage = image_storage()
-    storage.save(sha256, file)
+    with timed("blob_save"):
+        storage.save(sha256, file)
     record = ImageRecord(
         image_id=image_id or new_image_id(),
         model_id=model_id,
@@ -84,7 +86,7 @@ def add_image(
     )
     inserted = False
     try:
-        with docs.atomic():
+        with docs.atomic(), timed("record_insert"):
             docs.insert(record)
             inserted = True
             # A delete of the last record that shared these bytes may have removed the blob since
@@ -108,12 +110,14 @@ def add_image(
     except BaseException:
         _undo_quietly(docs, record, inserted)
         raise
+    IMAGES_STORED.inc()
+    BYTES_STORED.inc(record.size)
     return record, True
 
 
 def delete_image(image_id: str) -> ImageRecord | None:
     docs = get_documents()
-    with docs.atomic():
+    with docs.atomic(), timed("delete"):
         record = docs.delete(image_id)
         if record is not None:
             release_blob(docs, record.sha256)

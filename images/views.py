@@ -2,13 +2,12 @@
 scopes and throttles apply the same way to JSON and to bytes.
 
 DRF would answer 406 before the view runs when a browser's `Accept: image/webp,...` meets a JSON
-renderer; `LenientNegotiation` falls back to JSON instead, and the bytes actions never render.
+renderer; `LenientNegotiation` falls back to JSON instead, and the bytes actions only render errors.
 """
 
 from django.conf import settings
 from rest_framework import status, viewsets
-from rest_framework.exceptions import NotAcceptable, NotFound
-from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.exceptions import NotFound
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,6 +16,7 @@ from . import services
 from .auth import HasScope, caller_name
 from .documents import ImageRecord, get_documents
 from .errors import InvalidRequest, PayloadTooLarge
+from .negotiation import LenientNegotiation
 from .pagination import next_link, parse_cursor, parse_limit
 from .serializers import ImageSerializer
 from .serving import blob_response
@@ -27,16 +27,6 @@ from .validation import validate_model_id
 MULTIPART_OVERHEAD = 64 * 1024
 SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
 BYTES_ACTIONS = {"content", "model_image"}
-
-
-class LenientNegotiation(DefaultContentNegotiation):
-    """HTML for a browser that asks for it (the browsable API), JSON for everyone else: never 406."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        try:
-            return super().select_renderer(request, renderers, format_suffix)
-        except NotAcceptable:
-            return renderers[0], renderers[0].media_type
 
 
 def get_record(image_id: str) -> ImageRecord:

@@ -1,6 +1,14 @@
 from django.urls import include, path
 
-urlpatterns = [path("", include("images.urls"))]
+from images import health
+from images.observability import MetricsView
+
+urlpatterns = [
+    path("", include("images.urls")),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", MetricsView.as_view(), name="metrics"),
+]
 
 handler400 = "images.errors.handler400"
 handler404 = "images.errors.handler404"

@@ -7,7 +7,9 @@ memory, while gunicorn streams it (with sendfile where the blob is a real file).
 import ipaddress
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
@@ -54,6 +56,7 @@ class Command(BaseCommand):
         finally:
             if settings.MONGO:
                 get_client().close()  # MongoClient is not fork-safe: the workers make their own
+        self._prepare_metrics()
         mode = "mongo" if settings.MONGO else f"embedded ({settings.DATA_DIR})"
         self.stdout.write(f"image-service: {mode} mode, listening on http://{bind}/")
         self.stdout.flush()
@@ -67,10 +70,17 @@ class Command(BaseCommand):
             "--timeout", "60",
             "--graceful-timeout", "30",
             "--keep-alive", "5",
-            "--access-logfile", "-",
+            "--config", "python:imageservice.gunicorn_conf",
             "--no-control-socket",  # several instances may run on one host
         ]  # fmt: skip
         os.execv(sys.executable, argv)
+
+    def _prepare_metrics(self) -> None:
+        """Workers write their metrics to files in a fresh directory, summed by /metrics."""
+        directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.DATA_DIR / "metrics")
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
     def _check_access(self, bind: str, insecure: bool) -> None:
         """Running open (no key, no JWT key) is for development on loopback only."""

@@ -1,0 +1,49 @@
+"""Liveness and readiness, for load balancers and orchestrators.
+
+`/healthz` says the process answers; it touches nothing, so a database outage never gets the
+process restarted. `/readyz` says whether requests can be served now: the record store and the
+blob store must answer.
+"""
+
+import os
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_safe
+
+from . import mongo
+from .errors import RETRY_AFTER_SECONDS
+
+
+@require_safe
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def _problem() -> str | None:
+    try:
+        if settings.MONGO:
+            mongo.get_client().admin.command("ping")
+            return None
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        location = settings.STORAGES["images"]["OPTIONS"]["location"]
+        os.makedirs(location, exist_ok=True)
+        if not os.access(location, os.W_OK):
+            return f"the blob directory {location} is not writable"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready, and says why
+        return f"{exc.__class__.__name__}: {exc}"
+    return None
+
+
+@require_safe
+def readyz(request: HttpRequest) -> JsonResponse:
+    problem = _problem()
+    if problem is None:
+        return JsonResponse({"status": "ready"})
+    return JsonResponse(
+        {"status": "unavailable", "error": "storage_unavailable", "detail": problem},
+        status=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
