@@ -34,6 +34,12 @@ class InvalidRequest(exceptions.APIException):
     default_code = "invalid_request"
 
 
+class LengthRequired(exceptions.APIException):
+    status_code = status.HTTP_411_LENGTH_REQUIRED
+    default_code = "length_required"
+    default_detail = "Send the upload with a Content-Length header (chunked bodies are not accepted)."
+
+
 class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "too_large"

@@ -33,7 +33,7 @@ def get_client() -> MongoClient:
                     # A server that is down must give a 503 within seconds, never a hang.
                     serverSelectionTimeoutMS=timeout,
                     connectTimeoutMS=timeout,
-                    socketTimeoutMS=max(timeout * 3, 10_000),
+                    socketTimeoutMS=timeout + 1000,  # a server that accepts but hangs
                 )
                 _clients[key] = client
     return client
@@ -52,7 +52,8 @@ def ensure_indexes(collection: Collection, indexes: list[IndexModel]) -> None:
     One at a time: FerretDB 1.24 drops the connection when a single createIndexes command names
     several indexes that all exist already, which MongoDB accepts (see tests/test_mongo.py).
     """
-    key = (os.getpid(), settings.MONGO["URI"], collection.database.name, collection.name)
+    # A client compares equal to another for the same servers, whichever URI or settings made it.
+    key = (os.getpid(), collection.database.client, collection.full_name)
     if key in _indexed:
         return
     with _lock:

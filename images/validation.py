@@ -75,6 +75,12 @@ def inspect_image(file: IO[bytes]) -> ImageInfo:
     try:
         with Image.open(file, formats=[fmt]) as im:
             width, height = im.size
+            if width > settings.MAX_IMAGE_WIDTH or height > settings.MAX_IMAGE_HEIGHT:
+                raise UnprocessableImage(
+                    f"The image is {width}x{height} pixels; at most {settings.MAX_IMAGE_WIDTH} wide "
+                    f"and {settings.MAX_IMAGE_HEIGHT} high is allowed.",
+                    code="too_many_pixels",
+                )
             if width * height > settings.MAX_IMAGE_PIXELS:
                 raise UnprocessableImage(
                     f"The image is {width}x{height} pixels; at most "

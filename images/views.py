@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from . import services
 from .auth import HasScope, caller_name
 from .documents import ImageRecord, get_documents
-from .errors import InvalidRequest, PayloadTooLarge
+from .errors import InvalidRequest, LengthRequired, PayloadTooLarge
 from .negotiation import LenientNegotiation
 from .pagination import next_link, parse_cursor, parse_limit
 from .serializers import ImageSerializer
@@ -23,8 +23,6 @@ from .serving import blob_response
 from .throttling import ReadRateThrottle, UploadRateThrottle
 from .validation import validate_model_id
 
-# Room for the multipart envelope and the model_id field around the file itself.
-MULTIPART_OVERHEAD = 64 * 1024
 SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
 BYTES_ACTIONS = {"content", "model_image"}
 
@@ -92,9 +90,13 @@ class ImageViewSet(viewsets.ViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def upload(self, request: Request) -> Response:
-        # Refuse an oversized body from its header, before reading (and spooling) any of it.
-        if int(request.META.get("CONTENT_LENGTH") or 0) > (services.max_upload_bytes() + MULTIPART_OVERHEAD):
-            raise PayloadTooLarge(f"The upload is larger than {settings.MAX_UPLOAD_MB} MB.")
+        # Judge the body by its header, before reading (and spooling) any of it.
+        if "CONTENT_LENGTH" not in request.META and "HTTP_TRANSFER_ENCODING" in request.META:
+            raise LengthRequired()
+        if int(request.META.get("CONTENT_LENGTH") or 0) > settings.MAX_REQUEST_MB * 1024 * 1024:
+            raise PayloadTooLarge(
+                f"The request body is larger than {settings.MAX_REQUEST_MB} MB.", code="request_too_large"
+            )
         files = request.FILES.getlist("file") or request.FILES.getlist("image")
         if len(files) != 1:
             raise InvalidRequest(

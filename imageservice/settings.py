@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import environ
+from corsheaders.defaults import default_headers as cors_default_headers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -130,7 +131,11 @@ DATA_UPLOAD_MAX_NUMBER_FILES = env.int("MAX_FORM_FILES", default=2)
 
 # --- Image rules -----------------------------------------------------------------------------
 MAX_UPLOAD_MB = env.int("MAX_UPLOAD_MB", default=25)
+# The whole request body: the file plus the multipart envelope and the other fields.
+MAX_REQUEST_MB = env.int("MAX_REQUEST_MB", default=MAX_UPLOAD_MB + 1)
 MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=50_000_000)
+MAX_IMAGE_WIDTH = env.int("MAX_IMAGE_WIDTH", default=20_000)
+MAX_IMAGE_HEIGHT = env.int("MAX_IMAGE_HEIGHT", default=20_000)
 ALLOWED_IMAGE_FORMATS = [
     f.upper() for f in env.list("ALLOWED_IMAGE_FORMATS", default=["JPEG", "PNG", "WEBP", "GIF"])
 ]
@@ -148,6 +153,13 @@ OPEN_MODE_ALLOWED = env.bool("IMAGESERVICE_OPEN_MODE_ALLOWED", default=True)
 
 # Throttle state lives in the cache: this process's memory, or Redis shared by every instance.
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
+# How many reverse proxies stand in front. 0 trusts nothing the client says (X-Forwarded-For is
+# ignored for throttling); with a proxy, its X-Forwarded-For and X-Forwarded-Proto are believed.
+NUM_PROXIES = env.int("NUM_PROXIES", default=0)
+if NUM_PROXIES:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    USE_X_FORWARDED_HOST = True
 
 # --- API -------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -169,12 +181,21 @@ REST_FRAMEWORK = {
         "upload": env.str("THROTTLE_UPLOAD", default="60/min") or None,
         "read": env.str("THROTTLE_READ", default="") or None,
     },
-    "NUM_PROXIES": env.int("NUM_PROXIES", default=None),
+    "NUM_PROXIES": NUM_PROXIES,
     "EXCEPTION_HANDLER": "images.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+# Browsers preflight these request headers: viewers (WebGL textures) fetch ranges and revalidate.
+CORS_ALLOW_HEADERS = (
+    *cors_default_headers,
+    "range",
+    "if-none-match",
+    "if-modified-since",
+    "if-range",
+    "x-request-id",
+)
 CORS_EXPOSE_HEADERS = [
     "ETag",
     "Content-Range",
@@ -182,6 +203,7 @@ CORS_EXPOSE_HEADERS = [
     "Content-Disposition",
     "Content-Length",
     "Link",
+    "X-Request-ID",
 ]
 
 # --- Operations ------------------------------------------------------------------------------

@@ -301,3 +301,14 @@ def test_reads_have_their_own_rate_per_caller(store, client, settings, keys):
     assert_error(client.get("/images"), 429)
     # Another caller (a key) has its own budget.
     assert client.get("/images", **auth(keys["read"])).status_code == 200
+
+
+def test_forwarded_for_is_not_believed_without_a_proxy(store, client, settings):
+    """Otherwise a client could dodge its limit by sending a new X-Forwarded-For each time."""
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"upload": None, "read": "2/min"},
+    }
+    for i in range(2):
+        assert client.get("/images", HTTP_X_FORWARDED_FOR=f"198.51.100.{i}").status_code == 200
+    assert_error(client.get("/images", HTTP_X_FORWARDED_FOR="198.51.100.9"), 429)

@@ -218,6 +218,22 @@ def test_over_the_size_limit_is_413(store, client, settings):
     store.assert_empty()
 
 
+def test_width_and_height_limits_are_configurable(store, client, settings):
+    settings.MAX_IMAGE_WIDTH = 63
+    payload = assert_error(upload(client, image_bytes("JPEG", (64, 48))), 422, "too_many_pixels")
+    assert "at most 63 wide" in payload["detail"]
+    settings.MAX_IMAGE_WIDTH, settings.MAX_IMAGE_HEIGHT = 64, 47
+    assert_error(upload(client, image_bytes("JPEG", (64, 48))), 422, "too_many_pixels")
+    store.assert_empty()
+
+
+def test_the_request_body_limit_is_checked_before_reading(store, client, settings):
+    settings.MAX_REQUEST_MB = 1
+    big = image_bytes("PNG", (1200, 1200), compress_level=0)
+    assert_error(upload(client, big), 413, "request_too_large")
+    store.assert_empty()
+
+
 def test_the_pixel_limit_is_configurable(store, client, settings):
     settings.MAX_IMAGE_PIXELS = 1000
     payload = assert_error(upload(client, image_bytes("JPEG", (64, 48))), 422, "too_many_pixels")
@@ -525,6 +541,14 @@ def test_unknown_urls_and_methods_answer_json(store, client):
 def test_cors_covers_the_content_urls(store, client, settings):
     settings.CORS_ALLOWED_ORIGINS = ["https://viewer.example"]
     meta = upload(client, image_bytes()).json()
+    preflight = client.options(
+        f"/images/{meta['image_id']}/content",
+        HTTP_ORIGIN="https://viewer.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="range, if-none-match",
+    )
+    allowed = preflight["Access-Control-Allow-Headers"].lower()
+    assert "range" in allowed and "if-none-match" in allowed
     origin = {"Origin": "https://viewer.example"}
     response = client.get(f"/images/{meta['image_id']}/content", headers=origin)
     assert response["Access-Control-Allow-Origin"] == "https://viewer.example"

@@ -115,3 +115,17 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path):
         assert statuses == [200] * 40
         text = requests.get(f"{url}/metrics", timeout=10).text
     assert 'imageservice_requests_total{endpoint="healthz",method="GET",status="200"} 40.0' in text
+
+
+def test_a_chunked_upload_without_length_is_refused_with_411(tmp_path):
+    """Django would read such a body as empty; saying so beats a puzzling "missing file"."""
+    with service({"DATA_DIR": str(tmp_path)}, tmp_path / "service.log", workers=1) as url:
+        chunks = iter([b'--x\r\nContent-Disposition: form-data; name="model_id"\r\n\r\nm\r\n--x--\r\n'])
+        response = requests.post(
+            f"{url}/upload",
+            data=chunks,  # a generator: requests sends it chunked, with no Content-Length
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+            timeout=10,
+        )
+    assert response.status_code == 411
+    assert response.json()["error"] == "length_required"
