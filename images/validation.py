@@ -5,6 +5,8 @@ image of an allowed type that really decodes, within the pixel limit.
 import re
 import unicodedata
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
@@ -13,7 +15,8 @@ from PIL import Image
 
 from .errors import InvalidRequest, UnprocessableImage, UnsupportedImageType
 
-MODEL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+MODEL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # of the whole value: see validate_model_id
+MODEL_ID_PATTERN = f"^{MODEL_ID.pattern}$"  # the same rule, as the OpenAPI schema states it
 MODEL_ID_RULE = "model_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'"
 MAX_FILENAME = 255
 
@@ -35,7 +38,7 @@ class ImageInfo:
 
 
 def validate_model_id(value: object) -> str:
-    if not isinstance(value, str) or not MODEL_ID.match(value):
+    if not isinstance(value, str) or not MODEL_ID.fullmatch(value):
         raise InvalidRequest(MODEL_ID_RULE, code="invalid_model_id")
     return value
 
@@ -62,18 +65,17 @@ def sniff_format(head: bytes) -> str:
     raise UnsupportedImageType(f"The file is not an allowed image type (allowed: {allowed}).")
 
 
-def inspect_image(file: IO[bytes]) -> ImageInfo:
-    """Sniffs, checks the pixel limit from the header, then decodes to prove the file is whole.
+@contextmanager
+def opened(file: IO[bytes], formats: list[str]) -> Iterator[Image.Image]:
+    """Opens an image, trying only `formats`, and refuses it from its header when it is over the
+    limits, before any pixel is decoded.
 
-    Pillow only tries the sniffed format, so a PostScript file named `.jpg` never reaches an EPS
-    decoder. Every decoder exception means the file is broken: decoders raise OSError, ValueError,
-    SyntaxError, struct.error, EOFError and more, so all of them map to 422, never to a 500.
+    Any failure inside the block is a broken file: decoders raise OSError, ValueError (a zTXt
+    bomb), SyntaxError, struct.error, EOFError and more, so all of them become a 422, never a 500.
     """
     file.seek(0)
-    fmt = sniff_format(file.read(64))
-    file.seek(0)
     try:
-        with Image.open(file, formats=[fmt]) as im:
+        with Image.open(file, formats=formats) as im:
             width, height = im.size
             if width > settings.MAX_IMAGE_WIDTH or height > settings.MAX_IMAGE_HEIGHT:
                 raise UnprocessableImage(
@@ -87,16 +89,29 @@ def inspect_image(file: IO[bytes]) -> ImageInfo:
                     f"{settings.MAX_IMAGE_PIXELS} pixels are allowed.",
                     code="too_many_pixels",
                 )
-            if fmt == "JPEG":
-                im.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # DCT-scaled decode
-            im.load()
+            yield im
     except UnprocessableImage:
         raise
     except Image.DecompressionBombError as exc:
         raise UnprocessableImage(str(exc), code="too_many_pixels") from exc
     except Exception as exc:
+        kind = formats[0] if len(formats) == 1 else "an image"
         raise UnprocessableImage(
-            f"The file looks like {fmt} but is truncated or corrupt ({exc.__class__.__name__}).",
+            f"The file looks like {kind} but is truncated or corrupt ({exc.__class__.__name__}).",
             code="corrupt_image",
         ) from exc
+
+
+def inspect_image(file: IO[bytes]) -> ImageInfo:
+    """Sniffs the type, then decodes the image to prove it is whole (`verify()` checks nothing
+    for JPEG). Pillow only tries the sniffed format, so a PostScript file named `.jpg` never
+    reaches an EPS decoder.
+    """
+    file.seek(0)
+    fmt = sniff_format(file.read(64))
+    with opened(file, [fmt]) as im:
+        width, height = im.size
+        if fmt == "JPEG":
+            im.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # DCT-scaled decode
+        im.load()
     return ImageInfo(fmt, Image.MIME[fmt], width, height)

@@ -139,6 +139,14 @@ MAX_IMAGE_HEIGHT = env.int("MAX_IMAGE_HEIGHT", default=20_000)
 ALLOWED_IMAGE_FORMATS = [
     f.upper() for f in env.list("ALLOWED_IMAGE_FORMATS", default=["JPEG", "PNG", "WEBP", "GIF"])
 ]
+# Derivatives (?w=&h=&fit=&format=&q= or ?preset=): only these sizes, so nobody can fill the cache
+# with arbitrary ones; presets are named boxes.
+DERIVATIVE_SIZES = sorted(env.list("DERIVATIVE_SIZES", cast=int, default=[64, 128, 256, 512, 1024, 2048]))
+DERIVATIVE_PRESETS = {
+    name: int(size)
+    for name, size in env.dict("DERIVATIVE_PRESETS", default={"thumb": 256, "card": 640, "full": 1600}).items()
+}
+DERIVATIVE_TIMEOUT = env.float("DERIVATIVE_TIMEOUT", default=20.0)
 # /image/<model_id> changes when a newer image arrives: caches keep it briefly, then revalidate.
 MODEL_IMAGE_MAX_AGE = env.int("MODEL_IMAGE_MAX_AGE", default=60)
 

@@ -1,0 +1,178 @@
+"""Derivatives: resized, re-encoded versions of an original, made once and kept beside it.
+
+A derivative is named `<original sha256>_<normalized parameters>`, so the same request always
+finds the same blob, and deleting an original's bytes can find all of its derivatives by prefix.
+What a derivative is: the first frame, EXIF orientation applied, colour converted to sRGB (CMYK
+included), transparency kept where the output format has it, and no metadata (EXIF, GPS, XMP, ICC,
+text chunks) at all.
+"""
+
+import io
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.http import QueryDict
+from PIL import Image, ImageCms, ImageOps
+
+from .errors import InvalidRequest, UnprocessableImage
+from .validation import opened
+
+FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
+DEFAULT_QUALITY = {"jpeg": 85, "webp": 80, "avif": 60, "png": 100}
+PARAMS = ("w", "h", "fit", "format", "q", "preset")
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A normalized derivative request; `format` is concrete (never "auto")."""
+
+    width: int | None
+    height: int | None
+    fit: str
+    format: str
+    quality: int
+
+    def name(self, sha256: str) -> str:
+        return f"{sha256}_{self.width or 0}x{self.height or 0}_{self.fit}_q{self.quality}.{self.format}"
+
+    @property
+    def content_type(self) -> str:
+        return Image.MIME[FORMATS[self.format]]
+
+
+def wanted(query: QueryDict) -> bool:
+    return any(p in query for p in PARAMS)
+
+
+def _size(query: QueryDict, key: str) -> int | None:
+    raw = query.get(key)
+    if raw is None:
+        return None
+    allowed = settings.DERIVATIVE_SIZES
+    if not raw.isdigit() or int(raw) not in allowed:
+        sizes = ", ".join(map(str, allowed))
+        raise InvalidRequest(f"{key} must be one of {sizes} (or use a preset).", code="invalid_size")
+    return int(raw)
+
+
+def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spec, bool]:
+    """The derivative asked for, and whether the answer depends on `Accept` (format=auto)."""
+    unknown_fit = query.get("fit", "contain") not in ("contain", "cover")
+    if unknown_fit:
+        raise InvalidRequest("fit must be contain or cover.", code="invalid_fit")
+    if preset := query.get("preset"):
+        if preset not in settings.DERIVATIVE_PRESETS:
+            names = ", ".join(settings.DERIVATIVE_PRESETS)
+            raise InvalidRequest(f"preset must be one of {names}.", code="invalid_preset")
+        if "w" in query or "h" in query:
+            raise InvalidRequest("Use either a preset or w/h, not both.", code="invalid_size")
+        width = height = settings.DERIVATIVE_PRESETS[preset]
+    else:
+        width, height = _size(query, "w"), _size(query, "h")
+    fmt = query.get("format", "auto" if preset else original_format)
+    negotiated = fmt == "auto"
+    if negotiated:
+        fmt = "avif" if "image/avif" in accept else "webp" if "image/webp" in accept else original_format
+    if fmt not in FORMATS:
+        raise InvalidRequest("format must be jpeg, png, webp, avif or auto.", code="invalid_format")
+    raw_q = query.get("q")
+    if raw_q is not None and not (raw_q.isdigit() and 1 <= int(raw_q) <= 100):
+        raise InvalidRequest("q must be an integer from 1 to 100.", code="invalid_quality")
+    quality = int(raw_q) if raw_q else DEFAULT_QUALITY[fmt]
+    return Spec(width, height, query.get("fit", "contain"), fmt, quality), negotiated
+
+
+def output_format(original_content_type: str) -> str:
+    """The original's format as a derivative format: GIF (and anything else) becomes PNG."""
+    return {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp"}.get(original_content_type, "png")
+
+
+class _Deadline:
+    def __init__(self) -> None:
+        self.end = time.monotonic() + settings.DERIVATIVE_TIMEOUT
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise UnprocessableImage(
+                f"Making this derivative took longer than {settings.DERIVATIVE_TIMEOUT}s.",
+                code="derivative_timeout",
+            )
+
+
+def _target(size: tuple[int, int], spec: Spec) -> tuple[int, int]:
+    """The output size for `contain`: within the box, never larger than the original."""
+    width, height = size
+    scale = min(
+        spec.width / width if spec.width else 1.0,
+        spec.height / height if spec.height else 1.0,
+        1.0,
+    )
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _to_srgb(im: Image.Image) -> Image.Image:
+    """Pixels in sRGB (or grey), with alpha where the source had any."""
+    icc = im.info.get("icc_profile")
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        im = im.point(lambda v: v / 256).convert("L")  # 16-bit grey down to 8 bits, not clipped
+    elif im.mode not in ("RGB", "RGBA", "L", "LA", "CMYK"):
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    if icc and im.mode in ("RGB", "RGBA", "CMYK"):
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
+            im = ImageCms.profileToProfile(im, source, SRGB, outputMode=out_mode)
+        except (ImageCms.PyCMSError, OSError):
+            pass  # a broken profile: keep the pixels as they are rather than refuse the image
+    if im.mode == "CMYK":
+        im = im.convert("RGB")
+    if im.mode == "LA":
+        im = im.convert("RGBA")
+    return im
+
+
+def render(file, spec: Spec, allowed_formats: list[str]) -> bytes:
+    """Makes the derivative's bytes from the original's seekable file, within the pixel and
+    time limits."""
+    deadline = _Deadline()
+    with opened(file, allowed_formats) as source:
+        source.seek(0)  # animated GIF/WebP: the first frame only
+        transposed = source.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        width, height = source.size
+        box = _target((height, width) if transposed else (width, height), spec)
+        if source.format == "JPEG":
+            source.draft(source.mode, (box[1], box[0]) if transposed else box)  # DCT scaling
+        source.load()
+        deadline.check()
+        im = _to_srgb(ImageOps.exif_transpose(source))
+        deadline.check()
+        if spec.fit == "cover" and spec.width and spec.height:
+            im = ImageOps.fit(im, (spec.width, spec.height), Image.Resampling.LANCZOS)
+        else:
+            target = _target(im.size, spec)
+            if target != im.size:
+                im = im.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        deadline.check()
+        return _encode(im, spec)
+
+
+def _encode(im: Image.Image, spec: Spec) -> bytes:
+    has_alpha = im.mode == "RGBA"
+    if spec.format == "jpeg" and has_alpha:
+        flat = Image.new("RGB", im.size, (255, 255, 255))
+        flat.paste(im, mask=im.getchannel("A"))
+        im = flat
+    im.info = {}  # no EXIF, GPS, XMP, ICC or text chunks in the output
+    out = io.BytesIO()
+    options: dict = {"quality": spec.quality}
+    if spec.format == "jpeg":
+        options.update(optimize=True, progressive=True)
+    elif spec.format == "png":
+        options = {"optimize": False, "compress_level": 6}
+    elif spec.format == "webp":
+        options["method"] = 4
+    im.save(out, FORMATS[spec.format], **options)
+    return out.getvalue()

@@ -1,0 +1,261 @@
+"""Derivatives: the rendering itself (every case of issue 4), then the API in both storage modes."""
+
+import io
+import struct
+import zlib
+
+import pytest
+from django.http import QueryDict
+from PIL import Image, ImageCms, PngImagePlugin
+
+from images.derivatives import Spec, parse_spec, render
+from images.errors import InvalidRequest, UnprocessableImage
+
+ALLOWED = ["JPEG", "PNG", "WEBP", "GIF"]
+
+
+def encode(im: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def made(data: bytes, spec: Spec) -> Image.Image:
+    out = Image.open(io.BytesIO(render(io.BytesIO(data), spec, ALLOWED)))
+    out.load()
+    return out
+
+
+def spec(width=64, height=None, fit="contain", fmt="png", quality=100) -> Spec:
+    return Spec(width, height, fit, fmt, quality)
+
+
+# --- parameters ----------------------------------------------------------------------------------
+
+
+def parse(query: str, accept: str = "", original: str = "jpeg"):
+    return parse_spec(QueryDict(query), accept, original)
+
+
+def test_parameters_are_normalized():
+    assert parse("w=256") == (Spec(256, None, "contain", "jpeg", 85), False)
+    assert parse("w=256&h=128&fit=cover&format=webp&q=70") == (Spec(256, 128, "cover", "webp", 70), False)
+    assert parse("preset=thumb", "image/webp,*/*") == (Spec(256, 256, "contain", "webp", 80), True)
+
+
+@pytest.mark.parametrize(
+    ("accept", "chosen"),
+    [("image/avif,image/webp,*/*", "avif"), ("image/webp,*/*", "webp"), ("*/*", "png"), ("", "png")],
+)
+def test_format_auto_follows_accept(accept, chosen):
+    assert parse("w=64&format=auto", accept, "png") == (
+        Spec(64, None, "contain", chosen, parse("w=64&format=" + chosen)[0].quality),
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("w=300", "invalid_size"),
+        ("h=0", "invalid_size"),
+        ("w=abc", "invalid_size"),
+        ("preset=huge", "invalid_preset"),
+        ("preset=thumb&w=64", "invalid_size"),
+        ("w=64&fit=stretch", "invalid_fit"),
+        ("w=64&format=bmp", "invalid_format"),
+        ("w=64&q=0", "invalid_quality"),
+        ("w=64&q=101", "invalid_quality"),
+    ],
+)
+def test_bad_parameters_are_refused(query, code):
+    with pytest.raises(InvalidRequest) as caught:
+        parse(query)
+    assert caught.value.get_codes() == code
+
+
+def test_a_wrong_size_lists_the_allowed_ones(settings):
+    settings.DERIVATIVE_SIZES = [100, 200]
+    with pytest.raises(InvalidRequest, match="100, 200"):
+        parse("w=64")
+    assert parse("w=200")[0].width == 200
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def test_contain_fits_the_box_and_never_upscales():
+    source = encode(Image.new("RGB", (400, 200), "red"), "PNG")
+    assert made(source, spec(64)).size == (64, 32)
+    assert made(source, spec(None, 64)).size == (128, 64)
+    assert made(source, spec(64, 64)).size == (64, 32)
+    assert made(encode(Image.new("RGB", (40, 20)), "PNG"), spec(256)).size == (40, 20)
+
+
+def test_cover_fills_the_box_exactly():
+    source = encode(Image.new("RGB", (400, 200), "red"), "PNG")
+    assert made(source, spec(64, 64, "cover")).size == (64, 64)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "avif"])
+def test_output_formats(fmt):
+    out = made(encode(Image.new("RGB", (300, 300), "green"), "PNG"), spec(128, fmt=fmt, quality=80))
+    assert out.format == {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}[fmt]
+
+
+def oriented(orientation: int) -> bytes:
+    """40x20, red with a blue top-left corner, stored so that `orientation` displays it upright."""
+    upright = Image.new("RGB", (40, 20), (255, 0, 0))
+    upright.paste((0, 0, 255), (0, 0, 10, 10))
+    inverse = {
+        2: [Image.Transpose.FLIP_LEFT_RIGHT],
+        3: [Image.Transpose.ROTATE_180],
+        4: [Image.Transpose.FLIP_TOP_BOTTOM],
+        5: [Image.Transpose.TRANSPOSE],
+        6: [Image.Transpose.ROTATE_90],
+        7: [Image.Transpose.TRANSVERSE],
+        8: [Image.Transpose.ROTATE_270],
+    }
+    stored = upright
+    for step in inverse.get(orientation, []):
+        stored = stored.transpose(step)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(stored, "PNG", exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_all_eight_exif_orientations_come_out_upright(orientation):
+    out = made(oriented(orientation), spec(40)).convert("RGB")
+    assert out.size == (40, 20)
+    assert out.getpixel((2, 2)) == (0, 0, 255)
+    assert out.getpixel((37, 17)) == (255, 0, 0)
+
+
+def test_jpeg_orientation_with_dct_scaling():
+    upright = Image.new("RGB", (800, 400), (255, 0, 0))
+    upright.paste((0, 0, 255), (0, 0, 200, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif.tobytes(), quality=95)
+    out = made(data, spec(128)).convert("RGB")
+    assert out.size == (128, 64)
+    r, _g, b = out.getpixel((5, 5))
+    assert b > 200 and r < 60
+
+
+def test_metadata_is_stripped():
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    exif[0x8825] = {1: "N", 2: (52.0, 22.0, 0.0)}  # GPS
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "secret <html>")
+    info.add_text("XML:com.adobe.xmp", "<x:xmpmeta>private</x:xmpmeta>")
+    sources = [
+        encode(Image.new("RGB", (200, 100), "red"), "JPEG", exif=exif.tobytes(), icc_profile=srgb_bytes()),
+        encode(Image.new("RGB", (200, 100), "red"), "PNG", pnginfo=info, exif=exif.tobytes()),
+    ]
+    for source in sources:
+        for fmt in ("jpeg", "png", "webp", "avif"):
+            data = render(io.BytesIO(source), spec(64, fmt=fmt, quality=80), ALLOWED)
+            out = Image.open(io.BytesIO(data))
+            assert not out.getexif(), fmt
+            assert "icc_profile" not in out.info
+            assert b"CameraMaker" not in data and b"secret" not in data and b"xmpmeta" not in data
+
+
+def srgb_bytes() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def test_an_embedded_profile_is_converted_to_srgb():
+    """A profile whose primaries differ from sRGB's must change the pixels: here an sRGB profile
+    with its red and green colorants swapped, so stored (255,0,0) means green."""
+    profile = bytearray(srgb_bytes())
+    count = struct.unpack(">I", profile[128:132])[0]
+    tags = {}
+    for i in range(count):
+        sig, offset, size = struct.unpack(">4sII", profile[132 + 12 * i : 144 + 12 * i])
+        tags[sig] = (132 + 12 * i, offset, size)
+    r_entry, g_entry = tags[b"rXYZ"][0], tags[b"gXYZ"][0]
+    profile[r_entry + 4 : r_entry + 12], profile[g_entry + 4 : g_entry + 12] = (
+        profile[g_entry + 4 : g_entry + 12],
+        profile[r_entry + 4 : r_entry + 12],
+    )
+    data = encode(Image.new("RGB", (64, 64), (255, 0, 0)), "PNG", icc_profile=bytes(profile))
+    r, g, _b = made(data, spec(32)).convert("RGB").getpixel((5, 5))
+    assert g > 200 and r < 80
+
+
+def test_cmyk_jpegs_come_out_right():
+    cmyk_red = Image.new("CMYK", (64, 64), (0, 255, 255, 0))
+    out = made(encode(cmyk_red, "JPEG", quality=95), spec(32, fmt="png"))
+    assert out.mode == "RGB"
+    r, g, b = out.getpixel((5, 5))
+    assert r > 200 and g < 60 and b < 60
+
+
+@pytest.mark.parametrize(("fmt", "keeps"), [("png", True), ("webp", True), ("avif", True), ("jpeg", False)])
+def test_transparency_is_kept_where_the_format_allows(fmt, keeps):
+    source = Image.new("RGBA", (100, 100), (255, 0, 0, 0))
+    source.paste((0, 0, 255, 255), (50, 0, 100, 100))
+    out = made(encode(source, "PNG"), spec(64, fmt=fmt, quality=90))
+    if keeps:
+        assert out.mode == "RGBA"
+        assert out.getpixel((5, 5))[3] < 10
+    else:
+        assert out.mode == "RGB"
+        assert all(v > 240 for v in out.getpixel((5, 5)))  # flattened onto white
+
+
+def test_palette_transparency_is_kept():
+    gif = Image.new("P", (30, 30), 0)
+    gif.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    out = made(encode(gif, "GIF", transparency=0), spec(None))
+    assert out.mode == "RGBA" and out.getpixel((3, 3))[3] == 0
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animations_give_their_first_frame(fmt):
+    frames = [Image.new("RGB", (40, 40), (255, 0, 0)), Image.new("RGB", (40, 40), (0, 0, 255))]
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    out = made(data, spec(32)).convert("RGB")
+    r, _g, b = out.getpixel((5, 5))
+    assert r > 200 and b < 60
+    assert getattr(Image.open(io.BytesIO(render(io.BytesIO(data), spec(32), ALLOWED))), "n_frames", 1) == 1
+
+
+def test_16_bit_grey_is_scaled_not_clipped():
+    grey = Image.new("I;16", (40, 40), 32768)
+    out = made(encode(grey, "PNG"), spec(32))
+    assert out.mode == "L"
+    assert 120 <= out.getpixel((5, 5)) <= 136
+
+
+def test_broken_or_oversized_originals_are_422(settings):
+    good = encode(Image.new("RGB", (100, 100), "red"), "JPEG")
+    with pytest.raises(UnprocessableImage):
+        render(io.BytesIO(good[: len(good) // 2]), spec(64), ALLOWED)
+    settings.MAX_IMAGE_PIXELS = 5000
+    with pytest.raises(UnprocessableImage, match="pixels"):
+        render(io.BytesIO(good), spec(64), ALLOWED)
+
+
+def test_the_time_limit_refuses_cleanly(settings):
+    settings.DERIVATIVE_TIMEOUT = 0
+    with pytest.raises(UnprocessableImage) as caught:
+        render(io.BytesIO(encode(Image.new("RGB", (100, 100)), "PNG")), spec(64), ALLOWED)
+    assert caught.value.get_codes() == "derivative_timeout"
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_pixel_bomb_is_refused_from_its_header():
+    with pytest.raises(UnprocessableImage, match="pixels"):
+        render(io.BytesIO(png_header_only(60_000, 60_000)), spec(64), ALLOWED)
