@@ -16,7 +16,7 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage
 from django.utils.deconstruct import deconstructible
-from gridfs import GridFSBucket, NoFile
+from gridfs import GridFSBucket, GridOut, NoFile
 from pymongo.collection import Collection
 
 from . import mongo
@@ -86,8 +86,9 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     """Blobs in a MongoDB GridFS bucket, one GridFS file per name (its `filename`).
 
     GridFS inserts the files document only after the last chunk, so a blob becomes visible whole. An
-    upload that fails partway is aborted, since GridIn leaves its chunks behind otherwise. Two
-    concurrent saves of the same name can both write; the later copy is removed right after.
+    upload that fails partway is aborted, since GridIn leaves its chunks behind otherwise. Concurrent
+    saves of the same name can all write; each then keeps only the copy with the lowest `_id`, which
+    they all agree on and which readers open, so exactly one copy remains once the last one finishes.
     """
 
     def __init__(self, bucket_name: str = "fs"):
@@ -111,16 +112,17 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         except BaseException:
             stream.abort()
             raise
-        first = self.files.find_one({"filename": name}, {"_id": 1}, sort=[("_id", 1)])
-        if first is not None and first["_id"] != stream._id:
-            self._delete_file(bucket, stream._id)
+        # Delete every copy but the lowest `_id`, not just our own: a writer that started earlier (so
+        # has a lower `_id`) may finish after us, and it alone then sees both copies.
+        for doc in self.files.find({"filename": name}, {"_id": 1}).sort("_id", 1).skip(1):
+            self._delete_file(bucket, doc["_id"])
 
     def _open(self, name: str, mode: str = "rb") -> File:
-        try:
-            grid_out = self.bucket.open_download_stream_by_name(name)
-        except NoFile as exc:
-            raise FileNotFoundError(name) from exc
-        return File(grid_out, name)
+        # The lowest `_id` is the copy a concurrent save keeps (see `_write`), so read that one.
+        doc = self.files.find_one({"filename": name}, sort=[("_id", 1)])
+        if doc is None:
+            raise FileNotFoundError(name)
+        return File(GridOut(mongo.get_database()[self.bucket_name], file_document=doc), name)
 
     def exists(self, name: str) -> bool:
         return self.files.find_one({"filename": name}, {"_id": 1}) is not None

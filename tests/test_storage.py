@@ -1,0 +1,163 @@
+"""One conformance suite that every blob storage must pass, run against each configured backend.
+
+The rest of the service only ever talks to `storages["images"]`, so it relies on exactly these
+properties: content-addressed names, whole-or-nothing writes, seekable reads and idempotent saves.
+"""
+
+import hashlib
+import io
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files import File
+from django.core.files.base import ContentFile
+
+GRIDFS_CHUNK = 255 * 1024
+THREADS = 8
+
+
+def name_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    """Deterministic bytes that differ at every offset, so a misplaced read cannot match by luck."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def read_back(storage, name: str) -> bytes:
+    with storage.open(name) as f:
+        return f.read()
+
+
+class Interrupted(Exception):
+    """Stands for a client that disconnects halfway through an upload."""
+
+
+class FailingFile(File):
+    """Yields one chunk (more than a GridFS chunk, so something reaches the backend), then fails."""
+
+    def __init__(self, first_chunk: bytes):
+        super().__init__(io.BytesIO(first_chunk), "failing")
+        self.first_chunk = first_chunk
+
+    def chunks(self, chunk_size: int | None = None) -> Iterator[bytes]:
+        yield self.first_chunk
+        raise Interrupted
+
+
+def test_save_returns_the_name_and_reads_back(store) -> None:
+    data = blob(1000)
+    name = name_of(data)
+    assert store.storage.save(name, ContentFile(data)) == name
+    assert read_back(store.storage, name) == data
+    assert store.storage.size(name) == len(data)
+    assert store.blob_names() == [name]
+
+
+def test_exists_and_delete(store) -> None:
+    data = blob(100)
+    name = name_of(data)
+    assert not store.storage.exists(name)
+    store.storage.save(name, ContentFile(data))
+    assert store.storage.exists(name)
+    store.storage.delete(name)
+    assert not store.storage.exists(name)
+    assert store.blob_names() == []
+
+
+def test_deleting_a_missing_name_is_harmless(store) -> None:
+    """Removing the last record deletes its blob; a retry or a race must not turn that into an error."""
+    store.storage.delete(name_of(b"never saved"))
+    data = blob(10)
+    store.storage.save(name_of(data), ContentFile(data))
+    store.storage.delete(name_of(data))
+    store.storage.delete(name_of(data))
+    assert store.blob_names() == []
+
+
+def test_opening_a_missing_name_raises_file_not_found(store) -> None:
+    """The views map FileNotFoundError, whatever the backend, so it must be that exception."""
+    with pytest.raises(FileNotFoundError):
+        store.storage.open(name_of(b"missing"))
+
+
+def test_seek_and_ranged_reads_across_chunk_boundaries(store) -> None:
+    """Range requests seek the storage's own file; GridFS must stitch its 255 KiB chunks correctly."""
+    data = blob(1_000_000)
+    name = name_of(data)
+    store.storage.save(name, ContentFile(data))
+    assert store.storage.size(name) == len(data)
+    with store.storage.open(name) as f:
+        for start, length in [
+            (0, 100),
+            (GRIDFS_CHUNK - 10, 100),  # straddles the first chunk boundary
+            (2 * GRIDFS_CHUNK - 1, 2),
+            (3 * GRIDFS_CHUNK, GRIDFS_CHUNK + 7),  # one whole chunk and a bit of the next
+            (500_000, 1),
+        ]:
+            f.seek(start)
+            assert f.read(length) == data[start : start + length], start
+        f.seek(len(data) - 5)
+        assert f.read(100) == data[-5:]
+        assert f.read(100) == b""
+        f.seek(GRIDFS_CHUNK)
+        assert f.read() == data[GRIDFS_CHUNK:]
+
+
+def test_saving_an_existing_name_again_is_a_no_op(store) -> None:
+    """Names are digests: a second save must neither copy nor overwrite what is there."""
+    data = blob(5000)
+    name = name_of(data)
+    assert store.storage.save(name, ContentFile(data)) == name
+    assert store.storage.save(name, ContentFile(data)) == name
+    assert store.storage.save(name, ContentFile(b"different bytes")) == name
+    assert store.blob_names() == [name]
+    assert read_back(store.storage, name) == data
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "ABC", "", "../" + name_of(b"x"), name_of(b"x") + "/.."])
+def test_invalid_names_are_refused(store, name: str) -> None:
+    """A blob name ends up in a path (or a query): anything but a digest could escape or collide."""
+    with pytest.raises(SuspiciousFileOperation):
+        store.storage.save(name, ContentFile(b"data"))
+    assert store.blob_names() == []
+
+
+def test_a_failed_save_leaves_nothing_behind(store) -> None:
+    """No temp file, no orphan GridFS chunk, and the caller sees the failure."""
+    name = name_of(b"never completes")
+    with pytest.raises(Interrupted):
+        store.storage.save(name, FailingFile(blob(GRIDFS_CHUNK + 1000)))
+    assert store.blob_names() == []
+    assert not store.storage.exists(name)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_concurrent_saves_of_one_name_leave_one_blob(store, seed: int) -> None:
+    """Concurrent uploads of the same image race to store its blob; exactly one copy may remain.
+
+    A few rounds, since which writer finishes first varies from run to run.
+    """
+    data = blob(600_000, seed)
+    name = name_of(data)
+    storage = store.storage
+    start = threading.Barrier(THREADS)
+
+    def save() -> str:
+        start.wait(10)
+        return storage.save(name, ContentFile(data))
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        futures = [pool.submit(save) for _ in range(THREADS)]
+        assert [f.result(timeout=60) for f in futures] == [name] * THREADS
+    assert store.blob_names() == [name]
+    assert read_back(storage, name) == data
