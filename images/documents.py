@@ -13,10 +13,11 @@ from typing import Protocol
 
 from bson import ObjectId
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
+from django.db.models import Q, QuerySet
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
+from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from . import mongo
@@ -56,6 +57,8 @@ class Documents(Protocol):
     def page(self, model_id: str | None, after: Position | None, limit: int) -> list[ImageRecord]:
         """Up to `limit` records, newest first, strictly after `after`."""
 
+    def count(self, model_id: str | None = None) -> int: ...
+
     def delete(self, image_id: str) -> ImageRecord | None: ...
 
     def references(self, sha256: str) -> bool:
@@ -63,6 +66,14 @@ class Documents(Protocol):
 
     def atomic(self) -> AbstractContextManager[None]:
         """Serializes a record change with the blob check that follows it, where the store can."""
+
+
+def iter_records(docs: Documents, model_id: str | None = None, batch: int = 1000) -> Iterator[ImageRecord]:
+    """Every record (of `model_id`), newest first, a page at a time, so memory stays flat at any size."""
+    after: Position | None = None
+    while records := docs.page(model_id, after, batch):
+        yield from records
+        after = (records[-1].uploaded_at, records[-1].image_id)
 
 
 def new_image_id() -> str:
@@ -81,8 +92,10 @@ class MongoDocuments:
         IndexModel([("uploaded_at", DESCENDING), ("_id", DESCENDING)], name="newest"),
     ]
 
-    def __init__(self) -> None:
-        self.collection: Collection = mongo.get_database()["images"]
+    def __init__(self, database: Database | None = None) -> None:
+        """`database` reaches a MongoDB other than the configured one (a storage migration's)."""
+        database = mongo.get_database() if database is None else database
+        self.collection: Collection = database["images"]
 
     def ensure_indexes(self) -> None:
         mongo.ensure_indexes(self.collection, self.INDEXES)
@@ -125,6 +138,9 @@ class MongoDocuments:
         cursor = self.collection.find(query).sort([("uploaded_at", -1), ("_id", -1)]).limit(limit)
         return [self._record(doc) for doc in cursor]
 
+    def count(self, model_id: str | None = None) -> int:
+        return self.collection.count_documents({} if model_id is None else {"model_id": model_id})
+
     def delete(self, image_id: str) -> ImageRecord | None:
         if not ObjectId.is_valid(image_id):
             return None
@@ -140,27 +156,35 @@ class MongoDocuments:
 
 
 class SQLDocuments:
+    def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
+        """`using` reaches a database other than Django's default (a storage migration's)."""
+        self.using = using
+
+    @property
+    def rows(self) -> QuerySet[StoredImage]:
+        return StoredImage.objects.using(self.using)
+
     @staticmethod
     def _record(row: StoredImage) -> ImageRecord:
         return ImageRecord(**{f: getattr(row, f) for f in ImageRecord.__dataclass_fields__})
 
     def insert(self, record: ImageRecord) -> None:
         try:
-            with transaction.atomic():
-                StoredImage.objects.create(**asdict(record))
+            with transaction.atomic(using=self.using):
+                self.rows.create(**asdict(record))
         except IntegrityError as exc:
             raise DuplicateImage from exc
 
     def get(self, image_id: str) -> ImageRecord | None:
-        row = StoredImage.objects.filter(image_id=image_id).first()
+        row = self.rows.filter(image_id=image_id).first()
         return row and self._record(row)
 
     def find(self, model_id: str, sha256: str) -> ImageRecord | None:
-        row = StoredImage.objects.filter(model_id=model_id, sha256=sha256).first()
+        row = self.rows.filter(model_id=model_id, sha256=sha256).first()
         return row and self._record(row)
 
     def page(self, model_id: str | None, after: Position | None, limit: int) -> list[ImageRecord]:
-        rows = StoredImage.objects.order_by("-uploaded_at", "-image_id")
+        rows = self.rows.order_by("-uploaded_at", "-image_id")
         if model_id is not None:
             rows = rows.filter(model_id=model_id)
         if after is not None:
@@ -168,9 +192,12 @@ class SQLDocuments:
             rows = rows.filter(Q(uploaded_at__lt=at) | Q(uploaded_at=at, image_id__lt=image_id))
         return [self._record(row) for row in rows[:limit]]
 
+    def count(self, model_id: str | None = None) -> int:
+        return (self.rows if model_id is None else self.rows.filter(model_id=model_id)).count()
+
     def delete(self, image_id: str) -> ImageRecord | None:
-        with transaction.atomic():
-            row = StoredImage.objects.filter(image_id=image_id).first()
+        with transaction.atomic(using=self.using):
+            row = self.rows.filter(image_id=image_id).first()
             if row is None:
                 return None
             record = self._record(row)
@@ -178,12 +205,12 @@ class SQLDocuments:
         return record
 
     def references(self, sha256: str) -> bool:
-        return StoredImage.objects.filter(sha256=sha256).exists()
+        return self.rows.filter(sha256=sha256).exists()
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
         # SQLite's write lock (taken at BEGIN IMMEDIATE) serializes the whole block.
-        with transaction.atomic():
+        with transaction.atomic(using=self.using):
             yield
 
 

@@ -3,32 +3,69 @@
 Both are content-addressed: a blob's name is a hex digest of its bytes (the sha256 for originals), so
 a name that exists already holds the same bytes and saving it again is a no-op. Both write the bytes
 somewhere invisible first and publish them in one atomic step, so a crash mid-write never leaves a
-readable half-blob under a real name.
+readable half-blob under a real name. What an unfinished write leaves behind is listed by
+`leftovers()`, so that `manage.py fsck` can remove it once it is stale.
 """
 
 import contextlib
 import os
 import re
+import stat
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from bson import ObjectId
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage
 from django.utils.deconstruct import deconstructible
 from gridfs import GridFSBucket, GridOut, NoFile
 from pymongo.collection import Collection
+from pymongo.database import Database
 
 from . import mongo
 
 BLOB_NAME = re.compile(r"[0-9a-f]{4}[0-9A-Za-z_.-]*\Z")
 
 
+def is_blob_name(name: str) -> bool:
+    return bool(BLOB_NAME.match(name)) and ".." not in name
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Something a write that never finished left behind; `modified`, its last write, shows if it is stale."""
+
+    name: str
+    modified: datetime
+
+
+def files_in(directory: str | Path) -> Iterator[Leftover]:
+    """The files directly in `directory` (none if it is missing), for a sweep of temporary files."""
+    path = Path(directory)
+    for entry in sorted(path.iterdir()) if path.is_dir() else []:
+        try:
+            info = entry.stat()
+        except FileNotFoundError:  # finished and renamed meanwhile
+            continue
+        if stat.S_ISREG(info.st_mode):
+            yield Leftover(entry.name, datetime.fromtimestamp(info.st_mtime, UTC))
+
+
+def _only_root(path: str) -> None:
+    if path not in ("", "."):
+        raise FileNotFoundError(f"blobs form one flat namespace; only the root can be listed, not {path!r}")
+
+
 class ContentAddressedMixin:
     """Names are digests of content: never renamed on collision, and saved once."""
 
     def get_available_name(self, name: str, max_length: int | None = None) -> str:
-        if not BLOB_NAME.match(name) or ".." in name:
+        if not is_blob_name(name):
             raise SuspiciousFileOperation(f"{name!r} is not a blob name")
         return name
 
@@ -47,10 +84,27 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
     """
 
     TEMP_DIR = ".tmp"
+    LEFTOVER_KIND = "temp_file"
 
     def path(self, name: str) -> str:
         self.get_available_name(name)
         return os.path.join(self.location, name[:2], name[2:4], name)
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        """Blobs form one flat namespace whatever the fan-out on disk, so the root lists them all."""
+        _only_root(path)
+        found = Path(self.location).glob("??/??/*")
+        return [], sorted(f.name for f in found if is_blob_name(f.name) and self.path(f.name) == str(f))
+
+    def leftovers(self) -> Iterator[Leftover]:
+        """Temporary files in `.tmp` of writes still running, or cut off before their rename."""
+        return files_in(os.path.join(self.location, self.TEMP_DIR))
+
+    def delete_leftover(self, name: str) -> None:
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            raise SuspiciousFileOperation(f"{name!r} is not a temporary file's name")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.location, self.TEMP_DIR, name))
 
     def _write(self, name: str, content: File) -> None:
         final = self.path(name)
@@ -91,16 +145,29 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     they all agree on and which readers open, so exactly one copy remains once the last one finishes.
     """
 
-    def __init__(self, bucket_name: str = "fs"):
+    LEFTOVER_KIND = "orphan_chunks"
+
+    def __init__(self, bucket_name: str = "fs", database: Database | None = None):
+        """`database` reaches a MongoDB other than the configured one (a storage migration's)."""
         self.bucket_name = bucket_name
+        self._database = database
+
+    @property
+    def database(self) -> Database:
+        # The configured one is looked up at use, not here: its client is made after gunicorn forks.
+        return mongo.get_database() if self._database is None else self._database
 
     @property
     def bucket(self) -> GridFSBucket:
-        return GridFSBucket(mongo.get_database(), bucket_name=self.bucket_name)
+        return GridFSBucket(self.database, bucket_name=self.bucket_name)
 
     @property
     def files(self) -> Collection:
-        return mongo.get_database()[f"{self.bucket_name}.files"]
+        return self.database[f"{self.bucket_name}.files"]
+
+    @property
+    def chunks(self) -> Collection:
+        return self.database[f"{self.bucket_name}.chunks"]
 
     def _write(self, name: str, content: File) -> None:
         bucket = self.bucket
@@ -122,7 +189,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         doc = self.files.find_one({"filename": name}, sort=[("_id", 1)])
         if doc is None:
             raise FileNotFoundError(name)
-        return File(GridOut(mongo.get_database()[self.bucket_name], file_document=doc), name)
+        return File(GridOut(self.database[self.bucket_name], file_document=doc), name)
 
     def exists(self, name: str) -> bool:
         return self.files.find_one({"filename": name}, {"_id": 1}) is not None
@@ -150,3 +217,24 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         return doc["uploadDate"]
 
     get_created_time = get_modified_time
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        """Blobs form one flat namespace, so the root lists them all."""
+        _only_root(path)
+        return [], sorted({doc["filename"] for doc in self.files.find({}, {"filename": 1})})
+
+    def leftovers(self) -> Iterator[Leftover]:
+        """Chunks without a files document: an upload still running or cut off (GridFS writes that
+        document last), or a delete cut off between the document and its chunks."""
+        file_ids = {doc["_id"] for doc in self.files.find({}, {"_id": 1})}
+        for group in self.chunks.aggregate([{"$group": {"_id": "$files_id"}}]):
+            if group["_id"] in file_ids:
+                continue
+            last = self.chunks.find_one({"files_id": group["_id"]}, {"_id": 1}, sort=[("_id", -1)])
+            if last is not None:  # not removed meanwhile
+                yield Leftover(str(group["_id"]), last["_id"].generation_time)
+
+    def delete_leftover(self, name: str) -> None:
+        files_id = ObjectId(name)
+        if self.files.find_one({"_id": files_id}, {"_id": 1}) is None:  # its upload did not finish since
+            self.chunks.delete_many({"files_id": files_id})

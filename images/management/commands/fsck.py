@@ -1,0 +1,270 @@
+"""`manage.py fsck`: checks the stored bytes against the records and reports every kind of damage;
+with --repair, fixes what can be fixed safely.
+
+Kinds of damage:
+- missing_blob: a record whose bytes are gone. Nothing can bring them back; --repair deletes such
+  a record only with --delete-broken-records (then re-import the image).
+- orphan_blob: bytes (a file, or a GridFS file) no record refers to. Deleted by --repair.
+- orphan_derivative: a derivative (named `<original sha256>_<parameters>`, see images/derivatives.py)
+  whose original no record needs any more. Deleted by --repair.
+- size_mismatch, sha256_mismatch (with --deep, which re-reads every blob): bytes that are not the
+  ones their records describe. Like missing bytes, only --delete-broken-records deletes the records
+  (and so the bytes); otherwise a person decides, since damaged bytes may still be worth something.
+- temp_file (embedded mode: `<blobs>/.tmp`), orphan_chunks (mongo mode: GridFS chunks without a files
+  document), upload_temp_file (spooled uploads in FILE_UPLOAD_TEMP_DIR): what unfinished writes left
+  behind. Deleted by --repair.
+Orphans and leftovers younger than --grace are left alone (and counted), since an upload may be
+writing them right now. --repair never deletes bytes that a record still refers to.
+
+The exit status is 0 when the store is clean, after a --repair that fixed everything too, and 1
+when damage remains.
+"""
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.storage import Storage
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
+from gridfs.errors import CorruptGridFile
+from pymongo.errors import PyMongoError
+
+from images import services
+from images.bulk import human_bytes
+from images.documents import Documents, ImageRecord, get_documents, iter_records
+from images.storage import Leftover, files_in
+
+BROKEN_RECORDS_FLAG = "--delete-broken-records"
+
+
+@dataclass
+class Problem:
+    kind: str
+    subject: str  # an image_id, a blob's name, or a leftover's name
+    detail: str
+    remedy: str  # what --repair does about it, or else what a person can do
+    fix: Callable[[], object] | None = None  # None: --repair leaves it alone
+    repaired: bool = False
+
+    def as_json(self) -> dict:
+        fields = ("kind", "subject", "detail", "remedy", "repaired")
+        return {name: getattr(self, name) for name in fields} | {"repairable": self.fix is not None}
+
+    def line(self, repair: bool) -> str:
+        if self.repaired:
+            status = f"repaired: {self.remedy}"
+        elif self.fix is None:
+            status = f"not repaired: {self.remedy}"
+        else:
+            status = f"--repair will {self.remedy}" if not repair else f"repair failed: {self.remedy}"
+        return f"{self.kind:<16} {self.subject}: {self.detail} [{status}]"
+
+
+class Check:
+    """One pass over a store: finds the problems (with their fixes) and counts what it left alone."""
+
+    def __init__(self, docs: Documents, storage: Storage, grace: int, delete_broken: bool) -> None:
+        self.docs, self.storage = docs, storage
+        self.cutoff = services.now() - timedelta(seconds=grace)
+        self.delete_broken = delete_broken
+        self.problems: list[Problem] = []
+        self.left_alone = 0
+        self.records = 0
+        self.blobs: set[str] = set()
+        self.users: defaultdict[str, list[str]] = defaultdict(list)  # blob name: image_ids
+        self.sizes: dict[str, int] = {}  # blob name: the size its records give
+
+    def run(self, deep: bool) -> None:
+        # Blobs are listed before records are read: a blob is written before its record, so every
+        # record read afterwards has its blob in the list unless the blob really is gone.
+        self.blobs = set(self.storage.listdir("")[1])
+        missing: list[ImageRecord] = []
+        for record in iter_records(self.docs):
+            self.records += 1
+            self.users[record.sha256].append(record.image_id)
+            self.sizes[record.sha256] = record.size
+            if record.sha256 not in self.blobs:
+                missing.append(record)
+        self.missing_blobs(missing)
+        self.orphan_blobs()
+        if deep:
+            self.damaged_blobs()
+        for leftover in self.storage.leftovers():
+            self.leftover(self.storage.LEFTOVER_KIND, leftover, self.storage.delete_leftover)
+        spool = Path(settings.FILE_UPLOAD_TEMP_DIR)
+        for leftover in files_in(spool):
+            self.leftover("upload_temp_file", leftover, lambda name: (spool / name).unlink(missing_ok=True))
+
+    def missing_blobs(self, candidates: list[ImageRecord]) -> None:
+        for record in candidates:
+            if self.docs.get(record.image_id) is None or self.storage.exists(record.sha256):
+                continue  # deleted, or its bytes re-saved, since the listing
+            detail = f"{record.model_id}/{record.filename} has no bytes (blob {record.sha256})"
+            self.broken(Problem("missing_blob", record.image_id, detail, ""), [record.image_id])
+
+    def orphan_blobs(self) -> None:
+        for name in sorted(self.blobs - self.users.keys()):
+            original = name.partition("_")[0]  # a derivative belongs to its original
+            if original in self.users or self.docs.references(original):
+                continue  # needed, or its record arrived since the listing
+            try:
+                modified, size = self.storage.get_modified_time(name), self.storage.size(name)
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            if not self.recent(modified):
+                kind = "orphan_blob" if name == original else "orphan_derivative"
+                detail = f"no record needs it ({human_bytes(size)}, written {modified:%F %T})"
+                fix = partial(self.release, name)
+                self.problems.append(Problem(kind, name, detail, "delete it", fix))
+
+    def release(self, name: str) -> None:
+        """Deletes the blob if still no record refers to it, serialized with uploads where the store can."""
+        with self.docs.atomic():
+            services.release_blob(self.docs, name)
+
+    def damaged_blobs(self) -> None:
+        for name in sorted(self.users.keys() & self.blobs):
+            try:
+                damage = self.damage(name, self.sizes[name])
+            except FileNotFoundError:
+                continue  # its last record was deleted since the listing, and the blob with it
+            if damage is not None:
+                kind, detail = damage
+                self.broken(Problem(kind, name, detail, ""), self.users[name])
+
+    def damage(self, name: str, expected: int) -> tuple[str, str] | None:
+        """How the blob differs from what its records say, if it does: its size, else its sha256."""
+        size = self.storage.size(name)
+        if size != expected:
+            return "size_mismatch", f"holds {size:,} bytes; its records say {expected:,}"
+        try:
+            with self.storage.open(name) as blob:
+                actual = services.sha256_of(blob)
+        except CorruptGridFile as exc:  # chunks missing, or cut short
+            return "size_mismatch", f"its chunks do not make up its {expected:,} bytes ({exc})"
+        return None if actual == name else ("sha256_mismatch", f"its bytes hash to {actual}")
+
+    def broken(self, problem: Problem, image_ids: list[str]) -> None:
+        """Bytes missing or damaged: the records are deleted (and so the blob) only if asked to."""
+        count = f"{len(image_ids)} record(s)" if len(image_ids) > 1 else "the record"
+        if self.delete_broken:
+            problem.remedy = f"delete {count}; re-import the image to restore it"
+            problem.fix = partial(delete_records, image_ids)
+        else:
+            problem.remedy = (
+                f"restore the bytes from a backup, or pass {BROKEN_RECORDS_FLAG} to delete {count}"
+            )
+        self.problems.append(problem)
+
+    def leftover(self, kind: str, leftover: Leftover, delete: Callable[[str], object]) -> None:
+        if not self.recent(leftover.modified):
+            detail = f"left by an unfinished write (last written {leftover.modified:%F %T})"
+            self.problems.append(
+                Problem(kind, leftover.name, detail, "delete it", partial(delete, leftover.name))
+            )
+
+    def recent(self, modified: datetime) -> bool:
+        if modified > self.cutoff:
+            self.left_alone += 1
+            return True
+        return False
+
+    def repair(self) -> None:
+        for problem in self.problems:
+            if problem.fix is None:
+                continue
+            try:
+                problem.fix()
+                problem.repaired = True
+            except (OSError, PyMongoError, DatabaseError) as exc:
+                problem.remedy += f" ({exc.__class__.__name__}: {exc})"
+
+
+def delete_records(image_ids: list[str]) -> None:
+    """Through the service, which deletes the blob with the last record that needs it."""
+    for image_id in image_ids:
+        services.delete_image(image_id)
+
+
+class Command(BaseCommand):
+    help = "Check the stored bytes against the records and report damage; --repair fixes what is safe to."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
+        parser.add_argument(
+            BROKEN_RECORDS_FLAG,
+            action="store_true",
+            help="with --repair, also delete the records whose bytes are missing or damaged",
+        )
+        parser.add_argument("--deep", action="store_true", help="re-read every blob: sizes and sha256")
+        parser.add_argument(
+            "--grace",
+            type=int,
+            default=3600,
+            metavar="SECONDS",
+            help="leave orphans and temporary files younger than this alone (default %(default)s)",
+        )
+        parser.add_argument(
+            "--json", action="store_true", dest="as_json", help="a JSON report, for monitoring"
+        )
+
+    def handle(
+        self, *args, repair: bool, delete_broken_records: bool, deep: bool, grace: int, **options
+    ) -> None:
+        if delete_broken_records and not repair:
+            raise CommandError(f"{BROKEN_RECORDS_FLAG} goes with --repair")
+        if grace < 0:
+            raise CommandError("--grace must be 0 or more seconds")
+        check = Check(get_documents(), services.image_storage(), grace, delete_broken_records)
+        check.run(deep)
+        if repair:
+            check.repair()
+        found = len(check.problems)
+        remaining = sum(not p.repaired for p in check.problems)
+        if options["as_json"]:
+            report = {
+                "mode": "mongo" if settings.MONGO else "embedded",
+                "records": check.records,
+                "blobs": len(check.blobs),
+                "deep": deep,
+                "grace_seconds": grace,
+                "left_alone": check.left_alone,
+                "found": found,
+                "repaired": found - remaining,
+                "remaining": remaining,
+                "clean": remaining == 0,
+                "problems": [p.as_json() for p in check.problems],
+            }
+            self.stdout.write(json.dumps(report, indent=2))
+        else:
+            self.stdout.write("\n".join(self.lines(check, deep, repair, grace, remaining)))
+        if remaining:
+            raise CommandError(f"damage found: {remaining} problem(s) remain")
+
+    @staticmethod
+    def lines(check: Check, deep: bool, repair: bool, grace: int, remaining: int) -> list[str]:
+        mode = "mongo" if settings.MONGO else "embedded"
+        how = "sizes and sha256 re-read" if deep else "presence only; --deep re-reads every blob"
+        lines = [f"Checked the {mode} store: {check.records:,} records, {len(check.blobs):,} blobs ({how})."]
+        lines += [problem.line(repair) for problem in check.problems]
+        if check.left_alone:
+            lines.append(
+                f"Left alone: {check.left_alone} orphan(s) or temporary file(s) younger than {grace} s."
+            )
+        found = len(check.problems)
+        if not found:
+            lines.append("No damage found.")
+        elif not repair:
+            fixable = sum(p.fix is not None for p in check.problems)
+            lines.append(f"Found {found} problem(s); --repair fixes {fixable} of them.")
+        elif not remaining:
+            lines.append(f"Found {found} problem(s) and repaired them all: the store is clean now.")
+        else:
+            lines.append(f"Found {found} problem(s): repaired {found - remaining}, {remaining} remain.")
+        return lines

@@ -1,0 +1,205 @@
+"""`manage.py migrate_storage --to mongo|embedded`: copies every record and blob to the other mode.
+
+Both sides are built explicitly, whatever mode the settings select: the Mongo side from --mongo-uri
+and --mongo-db (else the MONGO_* settings), the embedded side from --data-dir (else DATA_DIR, or the
+configured store when the settings select embedded mode). Each blob's sha256 is checked in the
+target before its record is written there, so a record in the target means a finished copy: run
+again after an interruption, the command skips those. The source is left untouched, unless
+--delete-source, which deletes from the source what is verified in the target, once all is copied.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.storage import Storage
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS, connections
+from pymongo import MongoClient
+from pymongo.errors import ConfigurationError
+
+from images.bulk import Progress, Tally, ensure_schema
+from images.documents import (
+    Documents,
+    DuplicateImage,
+    ImageRecord,
+    MongoDocuments,
+    SQLDocuments,
+    get_documents,
+    iter_records,
+)
+from images.services import image_storage, sha256_of
+from images.storage import BlobFileSystemStorage, GridFSStorage
+
+COPIED, PRESENT, FAILED = "copied", "present", "failed"
+# Where settings.py keeps the embedded mode's data under DATA_DIR.
+BLOBS_DIR, RECORDS_DB = "blobs", "imageservice.sqlite3"
+
+
+@dataclass(frozen=True)
+class Store:
+    """One side of a migration: records and blobs, and the connection made for it, if one was."""
+
+    label: str
+    docs: Documents
+    storage: Storage
+    client: MongoClient | None = None
+    alias: str = DEFAULT_DB_ALIAS
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.alias != DEFAULT_DB_ALIAS:
+            connections[self.alias].close()
+
+
+def embedded_store(data_dir: str | None, target: bool) -> Store:
+    if data_dir is None and not settings.MONGO:
+        return Store("the configured embedded store", get_documents(), image_storage())
+    root = Path(data_dir).resolve() if data_dir else settings.DATA_DIR
+    alias = sqlite_alias(root / RECORDS_DB)
+    if target:
+        ensure_schema(alias)
+    storage = BlobFileSystemStorage(location=str(root / BLOBS_DIR))
+    return Store(f"the embedded store in {root}", SQLDocuments(alias), storage, alias=alias)
+
+
+def sqlite_alias(path: Path) -> str:
+    """A Django database alias for the SQLite file at `path`: the default one, or one added now."""
+    if path == Path(settings.DATABASES[DEFAULT_DB_ALIAS]["NAME"]):
+        return DEFAULT_DB_ALIAS
+    alias = f"embedded:{path}"
+    if alias not in connections.settings:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connections.settings[alias] = {**connections.settings[DEFAULT_DB_ALIAS], "NAME": str(path)}
+    return alias
+
+
+def mongo_store(uri: str | None, db: str | None) -> Store:
+    if uri is None and db is None and settings.MONGO:
+        return Store("the configured MongoDB", get_documents(), image_storage())
+    configured = settings.MONGO or {}
+    uri = uri or configured.get("URI")
+    if not uri:
+        raise CommandError("No MongoDB: set MONGO_URI (or MONGO_HOST...), or pass --mongo-uri.")
+    client = MongoClient(uri, tz_aware=True, appname="image-service migrate_storage")
+    try:
+        database = client[db] if db else client[configured["DB"]] if configured else client.get_database()
+    except ConfigurationError as exc:
+        client.close()
+        raise CommandError("No MongoDB database: pass --mongo-db, or name it in the URI.") from exc
+    label = f"the MongoDB database {database.name}"
+    return Store(label, MongoDocuments(database), GridFSStorage(database=database), client)
+
+
+def same_image(a: ImageRecord, b: ImageRecord) -> bool:
+    """Not full equality: MongoDB keeps uploaded_at to the millisecond, SQLite to the microsecond."""
+    return (a.model_id, a.sha256) == (b.model_id, b.sha256)
+
+
+class Migration:
+    """Copies one record at a time, with its blob; the blob is checked once per run."""
+
+    def __init__(self, source: Store, target: Store) -> None:
+        self.source, self.target = source, target
+        self.verified: set[str] = set()
+
+    def copy(self, record: ImageRecord) -> tuple[str, int, str | None]:
+        """The outcome, the bytes copied, and for a failure, why."""
+        existing = self.target.docs.get(record.image_id)
+        if existing is not None:
+            if same_image(existing, record):
+                return PRESENT, 0, None
+            return FAILED, 0, f"the target has another image under its image_id ({existing.model_id})"
+        copied = 0
+        if record.sha256 not in self.verified:
+            if not self.target.storage.exists(record.sha256):
+                try:
+                    with self.source.storage.open(record.sha256) as blob:
+                        self.target.storage.save(record.sha256, blob)
+                except FileNotFoundError:
+                    return FAILED, 0, "its bytes are missing in the source (run fsck there)"
+                copied = record.size
+            with self.target.storage.open(record.sha256) as blob:
+                if sha256_of(blob) != record.sha256:
+                    if not self.target.docs.references(record.sha256):
+                        self.target.storage.delete(record.sha256)
+                    return FAILED, copied, "its bytes do not match their sha256 (run fsck --deep on both)"
+            self.verified.add(record.sha256)
+        try:
+            self.target.docs.insert(record)
+        except DuplicateImage:
+            return FAILED, copied, "the target has the same image for this model under another image_id"
+        return COPIED, copied, None
+
+    def delete_source(self) -> Tally:
+        """Deletes each source record that the target holds, then its blob once no source record needs it."""
+        tally = Tally()
+        for record in iter_records(self.source.docs):
+            copy = self.target.docs.get(record.image_id)
+            if copy is None or not same_image(copy, record) or not self.target.storage.exists(record.sha256):
+                tally.add(
+                    FAILED, record.size, record.image_id, "it is not in the target (new since the copy?)"
+                )
+                continue
+            with self.source.docs.atomic():
+                self.source.docs.delete(record.image_id)
+                if not self.source.docs.references(record.sha256):
+                    self.source.storage.delete(record.sha256)
+            tally.add(COPIED, record.size)
+        return tally
+
+
+class Command(BaseCommand):
+    help = "Copy every record and blob to the other storage mode; the source stays unless --delete-source."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--to", required=True, choices=["mongo", "embedded"], help="the target mode")
+        parser.add_argument("--mongo-uri", help="the Mongo side (default: the MONGO_* settings)")
+        parser.add_argument("--mongo-db", help="its database (default: MONGO_DB, or the URI's)")
+        parser.add_argument("--data-dir", help="the embedded side's folder (default: DATA_DIR)")
+        parser.add_argument(
+            "--delete-source",
+            action="store_true",
+            help="once everything is copied and verified, delete it from the source",
+        )
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def handle(self, *args, to: str, delete_source: bool, quiet: bool, **options) -> None:
+        mongo = mongo_store(options["mongo_uri"], options["mongo_db"])
+        try:
+            embedded = embedded_store(options["data_dir"], target=to == "embedded")
+            try:
+                source, target = (embedded, mongo) if to == "mongo" else (mongo, embedded)
+                self.migrate(Migration(source, target), delete_source, quiet)
+            finally:
+                embedded.close()
+        finally:
+            mongo.close()
+
+    def migrate(self, migration: Migration, delete_source: bool, quiet: bool) -> None:
+        source, target = migration.source, migration.target
+        self.stdout.write(f"From {source.label} to {target.label}:")
+        tally = Tally()
+        interrupted = False
+        with Progress(source.docs.count(), "migrate", quiet) as progress:
+            try:
+                for record in iter_records(source.docs):
+                    outcome, copied, problem = migration.copy(record)
+                    tally.add(outcome, record.size, record.image_id, problem)
+                    progress.advance(copied)
+            except KeyboardInterrupt:
+                interrupted = True
+        labels = {COPIED: "copied", PRESENT: "already in the target", FAILED: "failed"}
+        self.stdout.write("\n".join(tally.summary(labels)))
+        if interrupted:
+            raise CommandError("Interrupted: run the same command again to resume.", returncode=130)
+        if tally.counts[FAILED]:
+            raise CommandError(
+                f"{tally.counts[FAILED]} record(s) not copied (listed above); the source is kept."
+            )
+        if delete_source:
+            deleted = migration.delete_source()
+            self.stdout.write("\n".join(deleted.summary({COPIED: "deleted from the source", FAILED: "kept"})))
+            if deleted.counts[FAILED]:
+                raise CommandError(f"{deleted.counts[FAILED]} source record(s) kept (listed above).")
