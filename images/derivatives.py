@@ -12,10 +12,14 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.http import QueryDict
 from PIL import Image, ImageCms, ImageOps
 
-from .errors import InvalidRequest, UnprocessableImage
+from . import leases
+from .documents import ImageRecord
+from .errors import InvalidRequest, StorageUnavailable, UnprocessableImage
+from .storage import image_storage
 from .validation import opened
 
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
@@ -82,6 +86,31 @@ def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spe
         raise InvalidRequest("q must be an integer from 1 to 100.", code="invalid_quality")
     quality = int(raw_q) if raw_q else DEFAULT_QUALITY[fmt]
     return Spec(width, height, query.get("fit", "contain"), fmt, quality), negotiated
+
+
+def ensure(record: ImageRecord, spec: Spec) -> str:
+    """The derivative's blob name, made first if need be: by one worker, whoever else asks at once."""
+    storage = image_storage()
+    name = spec.name(record.sha256)
+    give_up = time.monotonic() + settings.DERIVATIVE_TIMEOUT + 5
+    while not storage.exists(name):
+        with leases.holding(name, settings.DERIVATIVE_TIMEOUT + 5) as mine:
+            if mine and not storage.exists(name):
+                with storage.open(record.sha256) as original:
+                    data = render(original, spec, settings.ALLOWED_IMAGE_FORMATS)
+                storage.save(name, ContentFile(data))
+                break
+        if time.monotonic() > give_up:
+            raise StorageUnavailable("The derivative is still being made; retry shortly.")
+        time.sleep(0.02)  # another worker is making it
+    return name
+
+
+def delete_all(sha256: str) -> None:
+    """Deletes every derivative of an original (called once its bytes go)."""
+    storage = image_storage()
+    for name in storage.names_starting(f"{sha256}_"):
+        storage.delete(name)
 
 
 def output_format(original_content_type: str) -> str:

@@ -44,3 +44,16 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Lease(models.Model):
+    """A short, expiring claim on a name, so that only one process makes a given derivative."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "leases"
+
+    def __str__(self) -> str:
+        return self.name

@@ -10,18 +10,15 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.files import File
-from django.core.files.storage import Storage, storages
 
+from . import derivatives
 from .documents import Documents, DuplicateImage, ImageRecord, get_documents, new_image_id
 from .errors import InvalidRequest, PayloadTooLarge
 from .observability import BYTES_STORED, IMAGES_STORED, timed
+from .storage import image_storage
 from .validation import ImageInfo, inspect_image, sanitize_filename
 
 log = logging.getLogger(__name__)
-
-
-def image_storage() -> Storage:
-    return storages["images"]
 
 
 def max_upload_bytes() -> int:
@@ -125,8 +122,9 @@ def delete_image(image_id: str) -> ImageRecord | None:
 
 
 def release_blob(docs: Documents, sha256: str) -> None:
-    """Deletes the blob once no record refers to it."""
+    """Deletes the blob, and the derivatives made from it, once no record refers to it."""
     if not docs.references(sha256):
+        derivatives.delete_all(sha256)
         image_storage().delete(sha256)
 
 

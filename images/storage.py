@@ -21,7 +21,7 @@ from typing import Any
 from bson import ObjectId
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
-from django.core.files.storage import FileSystemStorage, Storage
+from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils.deconstruct import deconstructible
 from gridfs import GridFSBucket, GridOut, NoFile
 from pymongo.collection import Collection
@@ -30,6 +30,11 @@ from pymongo.database import Database
 from . import mongo
 
 BLOB_NAME = re.compile(r"[0-9a-f]{4}[0-9A-Za-z_.-]*\Z")
+
+
+def image_storage() -> Storage:
+    """The configured blob storage (STORAGES["images"]): the only way the rest of the code gets it."""
+    return storages["images"]
 
 
 def is_blob_name(name: str) -> bool:
@@ -95,6 +100,11 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
         _only_root(path)
         found = Path(self.location).glob("??/??/*")
         return [], sorted(f.name for f in found if is_blob_name(f.name) and self.path(f.name) == str(f))
+
+    def names_starting(self, prefix: str) -> list[str]:
+        """Blobs whose name starts with `prefix` (an original's derivatives), from one shard."""
+        shard = os.path.dirname(self.path(prefix))
+        return sorted(n for n in os.listdir(shard) if n.startswith(prefix)) if os.path.isdir(shard) else []
 
     def leftovers(self) -> Iterator[Leftover]:
         """Temporary files in `.tmp` of writes still running, or cut off before their rename."""
@@ -222,6 +232,11 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         """Blobs form one flat namespace, so the root lists them all."""
         _only_root(path)
         return [], sorted({doc["filename"] for doc in self.files.find({}, {"filename": 1})})
+
+    def names_starting(self, prefix: str) -> list[str]:
+        """Blobs whose name starts with `prefix` (an original's derivatives): an index range scan."""
+        query = {"filename": {"$regex": f"^{re.escape(prefix)}"}}
+        return sorted(self.files.distinct("filename", query))
 
     def leftovers(self) -> Iterator[Leftover]:
         """Chunks without a files document: an upload still running or cut off (GridFS writes that

@@ -80,6 +80,9 @@ DATABASES = {
             "transaction_mode": "IMMEDIATE",
             "timeout": 5,
         },
+        # A file, not Django's shared in-memory default: that one fails concurrent writers at once
+        # ("table is locked") instead of waiting, unlike the real database.
+        "TEST": {"NAME": str(DATA_DIR / "test-imageservice.sqlite3")},
     }
 }
 

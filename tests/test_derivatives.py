@@ -2,14 +2,19 @@
 
 import io
 import struct
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.http import QueryDict
 from PIL import Image, ImageCms, PngImagePlugin
 
+from images import derivatives, services
 from images.derivatives import Spec, parse_spec, render
+from images.documents import ImageRecord, get_documents
 from images.errors import InvalidRequest, UnprocessableImage
+from tests.test_api import upload
 
 ALLOWED = ["JPEG", "PNG", "WEBP", "GIF"]
 
@@ -259,3 +264,60 @@ def png_header_only(width: int, height: int) -> bytes:
 def test_a_pixel_bomb_is_refused_from_its_header():
     with pytest.raises(UnprocessableImage, match="pixels"):
         render(io.BytesIO(png_header_only(60_000, 60_000)), spec(64), ALLOWED)
+
+
+# --- making and keeping them, in both storage modes ----------------------------------------------
+
+
+def stored_image(client, data: bytes, model_id: str = "m1") -> ImageRecord:
+    meta = upload(client, data, model_id=model_id).json()
+    return get_documents().get(meta["image_id"])
+
+
+def test_a_derivative_is_made_once_and_kept_in_the_image_storage(store, client, monkeypatch):
+    record = stored_image(client, encode(Image.new("RGB", (300, 200), "red"), "JPEG"))
+    calls = []
+    real = derivatives.render
+    monkeypatch.setattr(derivatives, "render", lambda *a: calls.append(1) or real(*a))
+    wanted = spec(128, fmt="webp", quality=80)
+    name = derivatives.ensure(record, wanted)
+    assert derivatives.ensure(record, wanted) == name == wanted.name(record.sha256)
+    assert len(calls) == 1
+    assert name in store.blob_names()
+    with store.storage.open(name) as made_file:
+        assert Image.open(made_file).size == (128, 85)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_identical_requests_at_once_make_it_once(store, client, monkeypatch):
+    record = stored_image(client, encode(Image.new("RGB", (600, 400), "blue"), "PNG"))
+    calls = []
+    real = derivatives.render
+
+    def slow_render(*args):
+        calls.append(1)
+        time.sleep(0.3)  # long enough for every thread to arrive while it is being made
+        return real(*args)
+
+    monkeypatch.setattr(derivatives, "render", slow_render)
+    wanted = spec(64, fmt="png")
+    with ThreadPoolExecutor(6) as pool:
+        names = list(pool.map(lambda _: derivatives.ensure(record, wanted), range(6)))
+    assert set(names) == {wanted.name(record.sha256)}
+    assert len(calls) == 1
+    assert store.blob_names().count(wanted.name(record.sha256)) == 1
+
+
+def test_derivatives_go_with_the_last_record_of_their_original(store, client):
+    data = encode(Image.new("RGB", (300, 200), "red"), "JPEG")
+    first = stored_image(client, data, "a")
+    second = stored_image(client, data, "b")
+    other = stored_image(client, encode(Image.new("RGB", (300, 200), "green"), "JPEG"), "c")
+    for record in (first, other):
+        derivatives.ensure(record, spec(64))
+        derivatives.ensure(record, spec(128, fmt="webp", quality=80))
+    services.delete_image(first.image_id)
+    assert len([n for n in store.blob_names() if n.startswith(first.sha256)]) == 3  # still needed by b
+    services.delete_image(second.image_id)
+    assert not [n for n in store.blob_names() if n.startswith(first.sha256)]
+    assert len([n for n in store.blob_names() if n.startswith(other.sha256)]) == 3
