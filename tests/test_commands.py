@@ -277,6 +277,18 @@ def test_import_refuses_manifest_entries_whose_bytes_changed(store, tmp_path):
     store.assert_empty()
 
 
+def test_import_refuses_a_manifest_image_id_that_is_another_image_here(store, tmp_path):
+    exported = add(JPEG, "m1")
+    dest = tmp_path / "export"
+    run("export", str(dest), "--quiet")
+    services.delete_image(exported.image_id)
+    squatter = add(PNG, "m2", "other.png", image_id=exported.image_id)
+    out, error = import_failing(store, str(dest))
+    assert f"image_id {exported.image_id} is another image's here (m2)" in out
+    assert error.returncode == 1
+    assert store.records() == [squatter]
+
+
 # --- fsck ----------------------------------------------------------------------------------------
 
 
@@ -447,11 +459,13 @@ def contents(side) -> tuple[list, dict[str, bytes]]:
 
 def test_migrating_to_the_other_mode_and_back_is_byte_identical(store, tmp_path, other_sides):
     uri, other_db = other_sides
-    add(JPEG, "m1", uploaded_by="alice")
+    jpeg = add(JPEG, "m1", uploaded_by="alice")
     add(JPEG, "m2")
     add(PNG, "m2", "b.png", uploaded_at=datetime(2023, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
+    derivative = Spec(32, None, "contain", "webp", 80).name(jpeg.sha256)
+    store.storage.save(derivative, ContentFile(b"a derivative's bytes"))
     original = (by_id(store.records()), blob_bytes(store.storage, store.blob_names()))
-    assert len(original[1]) == 2
+    assert len(original[1]) == 3  # two originals and a derivative
 
     middle_dir, back_dir = tmp_path / "middle", tmp_path / "back"
     if store.mode == "embedded":

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from images.bulk import MANIFEST, Progress, Tally, manifest_line
 from images.documents import ImageRecord, get_documents, iter_records
-from images.services import image_storage
+from images.storage import image_storage
 from images.validation import validate_model_id
 
 EXPORTED, FAILED = "exported", "failed"

@@ -38,7 +38,7 @@ from pymongo.errors import PyMongoError
 from images import services
 from images.bulk import human_bytes
 from images.documents import Documents, ImageRecord, get_documents, iter_records
-from images.storage import Leftover, files_in
+from images.storage import Leftover, files_in, image_storage
 
 BROKEN_RECORDS_FLAG = "--delete-broken-records"
 
@@ -221,7 +221,7 @@ class Command(BaseCommand):
             raise CommandError(f"{BROKEN_RECORDS_FLAG} goes with --repair")
         if grace < 0:
             raise CommandError("--grace must be 0 or more seconds")
-        check = Check(get_documents(), services.image_storage(), grace, delete_broken_records)
+        check = Check(get_documents(), image_storage(), grace, delete_broken_records)
         check.run(deep)
         if repair:
             check.repair()

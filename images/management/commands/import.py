@@ -146,13 +146,17 @@ class Importer:
                 present = key in self.planned or docs.find(*key) is not None
                 self.planned.add(key)
             return (PRESENT if present else ADDED), None
-        restore = {} if record is None else {
-            "filename": record.filename,
-            "uploaded_at": record.uploaded_at,
-            "image_id": record.image_id,
-            "uploaded_by": record.uploaded_by,
-        }  # fmt: skip
-        _, created = services.add_image(file, source.model_id, **restore)
+        if record is None:
+            _, created = services.add_image(file, source.model_id)
+        else:
+            _, created = services.add_image(
+                file,
+                record.model_id,
+                filename=record.filename,
+                uploaded_at=record.uploaded_at,
+                image_id=record.image_id,
+                uploaded_by=record.uploaded_by,
+            )
         return (ADDED if created else PRESENT), None
 
 

@@ -1,4 +1,4 @@
-"""`manage.py migrate_storage --to mongo|embedded`: copies every record and blob to the other mode.
+"""`manage.py migrate_storage --to mongo|embedded`: copies every record, blob and derivative across.
 
 Both sides are built explicitly, whatever mode the settings select: the Mongo side from --mongo-uri
 and --mongo-db (else the MONGO_* settings), the embedded side from --data-dir (else DATA_DIR, or the
@@ -28,8 +28,8 @@ from images.documents import (
     get_documents,
     iter_records,
 )
-from images.services import image_storage, sha256_of
-from images.storage import BlobFileSystemStorage, GridFSStorage
+from images.services import sha256_of
+from images.storage import BlobFileSystemStorage, GridFSStorage, image_storage
 
 COPIED, PRESENT, FAILED = "copied", "present", "failed"
 # Where settings.py keeps the embedded mode's data under DATA_DIR.
@@ -97,8 +97,17 @@ def same_image(a: ImageRecord, b: ImageRecord) -> bool:
     return (a.model_id, a.sha256) == (b.model_id, b.sha256)
 
 
+def derivatives_of(storage: Storage, sha256: str) -> list[str]:
+    """An original's derivatives: their names are `<sha256>_<parameters>` (images/derivatives.py)."""
+    return storage.names_starting(f"{sha256}_")
+
+
+class Damaged(Exception):
+    """A blob that cannot be copied whole: gone from the source, or not the bytes it should be."""
+
+
 class Migration:
-    """Copies one record at a time, with its blob; the blob is checked once per run."""
+    """Copies one record at a time, with its blob and the blob's derivatives, checked once per run."""
 
     def __init__(self, source: Store, target: Store) -> None:
         self.source, self.target = source, target
@@ -113,18 +122,12 @@ class Migration:
             return FAILED, 0, f"the target has another image under its image_id ({existing.model_id})"
         copied = 0
         if record.sha256 not in self.verified:
-            if not self.target.storage.exists(record.sha256):
-                try:
-                    with self.source.storage.open(record.sha256) as blob:
-                        self.target.storage.save(record.sha256, blob)
-                except FileNotFoundError:
-                    return FAILED, 0, "its bytes are missing in the source (run fsck there)"
-                copied = record.size
-            with self.target.storage.open(record.sha256) as blob:
-                if sha256_of(blob) != record.sha256:
-                    if not self.target.docs.references(record.sha256):
-                        self.target.storage.delete(record.sha256)
-                    return FAILED, copied, "its bytes do not match their sha256 (run fsck --deep on both)"
+            try:
+                copied = self.copy_blob(record.sha256, expected=record.sha256)
+                for name in derivatives_of(self.source.storage, record.sha256):
+                    copied += self.copy_blob(name, expected=None)
+            except Damaged as exc:
+                return FAILED, 0, str(exc)
             self.verified.add(record.sha256)
         try:
             self.target.docs.insert(record)
@@ -132,20 +135,42 @@ class Migration:
             return FAILED, copied, "the target has the same image for this model under another image_id"
         return COPIED, copied, None
 
+    def copy_blob(self, name: str, expected: str | None) -> int:
+        """Copies a blob unless the target has it, then checks the target's bytes against `expected`: an
+        original's name is its sha256; a derivative's is taken from the source. Returns the bytes copied.
+        """
+        copied = 0
+        try:
+            if expected is None:
+                with self.source.storage.open(name) as blob:
+                    expected = sha256_of(blob)
+            if not self.target.storage.exists(name):
+                with self.source.storage.open(name) as blob:
+                    self.target.storage.save(name, blob)
+                copied = self.target.storage.size(name)
+        except FileNotFoundError as exc:
+            raise Damaged(f"{name} is missing in the source (run fsck there)") from exc
+        with self.target.storage.open(name) as blob:
+            if sha256_of(blob) != expected:
+                if not self.target.docs.references(name):
+                    self.target.storage.delete(name)
+                raise Damaged(f"{name} is not the bytes it should be (run fsck --deep on both)")
+        return copied
+
     def delete_source(self) -> Tally:
-        """Deletes each source record that the target holds, then its blob once no source record needs it."""
+        """Deletes each source record that the target holds, then its blob and derivatives once no
+        source record needs them."""
         tally = Tally()
         for record in iter_records(self.source.docs):
             copy = self.target.docs.get(record.image_id)
             if copy is None or not same_image(copy, record) or not self.target.storage.exists(record.sha256):
-                tally.add(
-                    FAILED, record.size, record.image_id, "it is not in the target (new since the copy?)"
-                )
+                tally.add(FAILED, record.size, record.image_id, "not in the target (new since the copy?)")
                 continue
             with self.source.docs.atomic():
                 self.source.docs.delete(record.image_id)
                 if not self.source.docs.references(record.sha256):
-                    self.source.storage.delete(record.sha256)
+                    for name in [*derivatives_of(self.source.storage, record.sha256), record.sha256]:
+                        self.source.storage.delete(name)
             tally.add(COPIED, record.size)
         return tally
 
