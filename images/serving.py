@@ -95,8 +95,14 @@ def blob_response(
     }
     validators = HttpResponse(headers=headers)
     conditional = get_conditional_response(request, etag, last_modified, validators)
+    if conditional.status_code == 412:  # Django's own is an empty text/html body; errors are JSON
+        return JsonResponse(
+            {"error": "precondition_failed", "detail": "If-Match or If-Unmodified-Since did not hold."},
+            status=412,
+            headers={"ETag": etag, "Cache-Control": "no-store"},
+        )
     if conditional is not validators:
-        return conditional  # 304 or 412
+        return conditional  # 304
 
     size = record.size
     span = None

@@ -8,7 +8,7 @@ renderer; `LenientNegotiation` falls back to JSON instead, and the bytes actions
 from django.conf import settings
 from rest_framework import status, viewsets
 from rest_framework.exceptions import NotFound
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -18,7 +18,8 @@ from .documents import ImageRecord, get_documents
 from .errors import InvalidRequest, LengthRequired, PayloadTooLarge
 from .negotiation import LenientNegotiation
 from .pagination import next_link, parse_cursor, parse_limit
-from .serializers import ImageSerializer
+from .schema import image_api_schema
+from .serializers import ImageSerializer, UploadSerializer
 from .serving import blob_response
 from .throttling import ReadRateThrottle, UploadRateThrottle
 from .validation import validate_model_id
@@ -46,9 +47,11 @@ def note_image(request: Request, image_id: str) -> None:
     request._request.image_id = image_id
 
 
+@image_api_schema
 class ImageViewSet(viewsets.ViewSet):
     content_negotiation_class = LenientNegotiation
     permission_classes = [HasScope]
+    serializer_class = UploadSerializer  # the browsable API's form for POST /upload, the only POST
 
     @property
     def required_scope(self) -> str:
@@ -62,8 +65,20 @@ class ImageViewSet(viewsets.ViewSet):
             return [JSONRenderer()]  # only errors are rendered there
         return super().get_renderers()
 
+    def http_method_not_allowed(self, request: Request, *args, **kwargs) -> Response:
+        """A browser that opens /upload gets the browsable API's upload form; API clients, a 405."""
+        if (
+            request.method == "GET"
+            and "post" in self.action_map
+            and isinstance(request.accepted_renderer, BrowsableAPIRenderer)
+        ):
+            return Response({"detail": "POST the form below to upload an image."})
+        return super().http_method_not_allowed(request, *args, **kwargs)
+
     def _json(self, request: Request, record: ImageRecord, **kwargs) -> Response:
-        return Response(ImageSerializer(record, context={"request": request}).data, **kwargs)
+        # A plain dict: data that names its serializer makes the browsable API build the next
+        # upload form from ImageSerializer instead of UploadSerializer.
+        return Response(dict(ImageSerializer(record, context={"request": request}).data), **kwargs)
 
     def list(self, request: Request, model_id: str | None = None) -> Response:
         in_path = model_id is not None
@@ -78,6 +93,10 @@ class ImageViewSet(viewsets.ViewSet):
         headers = {"Link": next_link(request, records[limit - 1])} if len(records) > limit else {}
         data = ImageSerializer(records[:limit], many=True, context={"request": request}).data
         return Response(data, headers=headers)
+
+    def model_images(self, request: Request, model_id: str) -> Response:
+        """`list` for one model (its own action, so that the schema can tell the two routes apart)."""
+        return self.list(request, model_id)
 
     def retrieve(self, request: Request, image_id: str) -> Response:
         note_image(request, image_id)

@@ -38,6 +38,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "corsheaders",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's assets, served by the service itself
     "images",
 ]
 
@@ -195,6 +197,21 @@ REST_FRAMEWORK = {
     "NUM_PROXIES": NUM_PROXIES,
     "EXCEPTION_HANDLER": "images.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "images.schema.ImageServiceSchema",
+}
+
+# OpenAPI schema at /api/schema/ (declared in images/schema.py), Swagger UI at /api/docs/. The UI's
+# assets come from drf-spectacular-sidecar through WhiteNoise: the docs load nothing from a CDN.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "image-service",
+    "DESCRIPTION": "Stores, indexes and serves images. Every error is JSON: "
+    '`{"error": "<code>", "detail": "<message>"}`.',
+    "VERSION": "1.0.0",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["images.schema.api_endpoints"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])

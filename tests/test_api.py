@@ -434,6 +434,17 @@ def test_conditional_requests_answer_304(store, client):
     assert old.status_code == 200
 
 
+def test_failed_preconditions_answer_a_json_412(store, client):
+    meta = upload(client, image_bytes()).json()
+    url = f"/images/{meta['image_id']}/content"
+    response = client.get(url, headers={"If-Match": '"other"'})
+    assert_error(response, 412, "precondition_failed")
+    assert response["ETag"] == f'"{meta["sha256"]}"'
+    old = client.get(url, headers={"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"})
+    assert_error(old, 412, "precondition_failed")
+    assert client.get(url, headers={"If-Match": f'"{meta["sha256"]}"'}).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("header", "span"),
     [

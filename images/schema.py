@@ -1,0 +1,280 @@
+"""The OpenAPI 3 description of the API (drf-spectacular), served at /api/schema/ and shown at /api/docs/.
+
+The views parse requests by hand (to keep the old service's error codes), so little can be
+inferred: every operation's parameters, bodies, errors and headers are declared here and applied to
+`ImageViewSet` by `image_api_schema`. tests/test_openapi.py fuzzes the running service against this
+schema, so a declaration that drifts from the code fails there.
+"""
+
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from PIL import Image
+from rest_framework import serializers
+
+from .pagination import DEFAULT_LIMIT, MAX_LIMIT
+from .serializers import ImageSerializer, UploadSerializer
+from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE
+
+IMAGE_ID_PATTERN = "^[0-9a-fA-F]{24}$"
+IMAGE_TYPES = tuple(Image.MIME[f] for f in settings.ALLOWED_IMAGE_FORMATS if f in Image.MIME)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every error."""  # images/errors.py builds it
+
+    error = serializers.CharField(help_text="A stable code for programs, e.g. `invalid_model_id`.")
+    detail = serializers.CharField(help_text="What went wrong and what to do, for people.")
+
+
+# --- Security ------------------------------------------------------------------------------------
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "images.auth.ApiKeyAuthentication"
+    name = "Api-Key"
+
+    def get_security_definition(self, auto_schema) -> dict:
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "The header's value is `Api-Key <key>`: type both words in Swagger UI. Keys "
+            "come from `manage.py create_api_key` and carry a scope: `read`, `write` (includes read) "
+            "or `admin` (includes write).",
+        }
+
+
+class BearerScheme(OpenApiAuthenticationExtension):
+    target_class = "images.auth.JWTAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema) -> dict:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "`Authorization: Bearer <JWT>`, verified with JWT_HS256_SECRET or "
+            "JWT_PUBLIC_KEY. `exp` and `sub` are required; the `scope` claim lists the scopes.",
+        }
+
+
+class ImageServiceSchema(AutoSchema):
+    """States each operation's scope, taken from the view where the rule lives, and lets public
+    reads go without a credential. (With no credential configured, the service runs open.)"""
+
+    def get_auth(self) -> list[dict]:
+        auths = super().get_auth()
+        if self._scope() == "read" and settings.PUBLIC_READ:
+            auths.append({})
+        return auths
+
+    def get_operation(self, *args, **kwargs) -> dict | None:
+        operation = super().get_operation(*args, **kwargs)
+        if operation is not None and (scope := self._scope()):
+            public = " unless PUBLIC_READ is off" if scope == "read" else ""
+            needs = f"Needs the `{scope}` scope{public}."
+            operation["description"] = f"{operation.get('description', '')}\n\n{needs}".strip()
+        return operation
+
+    def _scope(self) -> str | None:
+        return getattr(self.view, "required_scope", None)
+
+
+def api_endpoints(endpoints: list, **kwargs) -> list:
+    """A preprocessing hook: documents the image API (not /metrics, in Prometheus' own format), at
+    its URLs without the trailing slash that the routes tolerate."""
+    from .views import ImageViewSet
+
+    return [
+        (path.rstrip("/"), regex, method, view)
+        for path, regex, method, view in endpoints
+        if getattr(view, "cls", None) is ImageViewSet
+    ]
+
+
+# --- Parameters and headers ----------------------------------------------------------------------
+
+
+def request_header(name: str, description: str) -> OpenApiParameter:
+    return OpenApiParameter(name, str, OpenApiParameter.HEADER, description=description)
+
+
+def response_header(name: str, description: str, codes: list[int], required: bool = True) -> OpenApiParameter:
+    return OpenApiParameter(
+        name, str, OpenApiParameter.HEADER, response=codes, required=required, description=description
+    )
+
+
+IMAGE_ID = OpenApiParameter(
+    "image_id", str, OpenApiParameter.PATH, pattern=IMAGE_ID_PATTERN, description="24 hex characters."
+)
+MODEL_ID = OpenApiParameter(
+    "model_id", str, OpenApiParameter.PATH, pattern=MODEL_ID_PATTERN, description=MODEL_ID_RULE + "."
+)
+MODEL_ID_FILTER = OpenApiParameter(
+    "model_id", str, pattern=MODEL_ID_PATTERN, description="Only this model's images."
+)
+PAGE = [
+    OpenApiParameter(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        description=f"Images per page, 1 to {MAX_LIMIT}.",
+    ),
+    OpenApiParameter(
+        "cursor", str, description="Opaque: follow the `Link` header to the next page, never build it."
+    ),
+    response_header(
+        "Link", '`<URL>; rel="next"` (RFC 8288), unless this is the last page.', [200], required=False
+    ),
+]
+ERROR_HEADERS = [
+    response_header("WWW-Authenticate", "The schemes to authenticate with.", [401]),
+    response_header("Retry-After", "Seconds to wait before retrying.", [429, 503], required=False),
+]
+SERVED = [200, 206]
+VALIDATED = [*SERVED, 304, 412]
+BYTES_HEADERS = [
+    request_header(
+        "Range",
+        "One range: `bytes=first-last`, `bytes=first-` or `bytes=-suffix` answers 206. Several ranges, "
+        "or one that ends before it starts, get the whole image.",
+    ),
+    request_header("If-Range", "An ETag or HTTP date: the Range applies only while it matches."),
+    request_header("If-None-Match", "ETags the client holds: a match answers 304."),
+    request_header("If-Modified-Since", "An HTTP date: if the image is no newer, 304."),
+    request_header("If-Match", "ETags: if none matches, 412."),
+    request_header("If-Unmodified-Since", "An HTTP date: if the image is newer, 412."),
+    response_header("ETag", "The SHA-256 of the image's bytes, quoted.", VALIDATED),
+    response_header("Last-Modified", "When the image was uploaded.", [*SERVED, 304]),
+    response_header("Cache-Control", "How long caches may keep the answer.", VALIDATED),
+    response_header("Content-Disposition", "`inline`, with the image's filename (RFC 6266).", SERVED),
+    response_header("Accept-Ranges", "`bytes`.", SERVED),
+    response_header("Content-Range", "`bytes first-last/size`; on a 416, `bytes */size`.", [206, 416]),
+    *ERROR_HEADERS,
+]
+
+# --- Responses -----------------------------------------------------------------------------------
+
+COMMON_ERRORS = {
+    401: "The credential is missing (and one is needed), not valid, revoked or expired.",
+    403: "The credential does not have the scope this operation needs.",
+    429: "Too many requests from this caller: see Retry-After.",
+    503: "The image store is unreachable: retry after Retry-After seconds.",
+}
+NO_IMAGE = {404: "There is no such image."}
+NO_MODEL = {404: "The model has no images."}
+BAD_PAGE = {400: "model_id, limit or cursor is not valid."}
+
+
+def errors(*described: dict[int, str]) -> dict:
+    """Error responses, in status order, from {status: description} dicts (later ones win)."""
+    merged = {code: text for d in (COMMON_ERRORS, *described) for code, text in d.items()}
+    return {
+        (code, "application/json"): OpenApiResponse(ErrorSerializer, merged[code]) for code in sorted(merged)
+    }
+
+
+def image_bytes(description: str, *described_errors: dict[int, str]) -> dict:
+    """The bytes endpoints' answers: the image in its own type, or a part of it, or an error."""
+    return {
+        (200, *IMAGE_TYPES): OpenApiResponse(OpenApiTypes.BINARY, description),
+        (206, *IMAGE_TYPES): OpenApiResponse(OpenApiTypes.BINARY, "The requested range of the image."),
+        304: OpenApiResponse(description="Not modified: the client's copy is current."),
+        **errors(
+            {412: "If-Match or If-Unmodified-Since did not hold."},
+            {416: "The Range cannot be satisfied: Content-Range gives the size."},
+            *described_errors,
+        ),
+    }
+
+
+LISTED = OpenApiResponse(ImageSerializer(many=True), "Images, newest first.")
+
+# --- Operations ----------------------------------------------------------------------------------
+
+OPERATIONS = {
+    "upload": extend_schema(
+        operation_id="upload_image",
+        summary="Upload an image",
+        description="Stores an image for a model and answers its metadata. The type is sniffed from "
+        "the bytes, which must decode as a whole image. A model stores the same bytes once: sending "
+        "them again answers 200 with the image already stored.",
+        tags=["images"],
+        request={"multipart/form-data": UploadSerializer},
+        parameters=[response_header("Location", "The image's metadata URL.", [200, 201]), *ERROR_HEADERS],
+        responses={
+            201: OpenApiResponse(ImageSerializer, "Stored."),
+            200: OpenApiResponse(ImageSerializer, "The model has these bytes already: that image."),
+            **errors(
+                {
+                    400: "The form is not valid: no file, several files, an empty file, a bad model_id "
+                    "or a malformed body.",
+                    411: "The body is chunked: send Content-Length.",
+                    413: "The file is over MAX_UPLOAD_MB, or the body over MAX_REQUEST_MB.",
+                    415: "The file is not an allowed image type, or the body is not multipart/form-data.",
+                    422: "The image is truncated or corrupt, or has too many pixels.",
+                    507: "The image store is full: nothing was stored.",
+                }
+            ),
+        },
+    ),
+    "list": extend_schema(
+        operation_id="list_images",
+        summary="List images",
+        description="Every image, or one model's, newest first, a page at a time.",
+        tags=["images"],
+        parameters=[MODEL_ID_FILTER, *PAGE, *ERROR_HEADERS],
+        responses={200: LISTED, **errors(BAD_PAGE)},
+    ),
+    "model_images": extend_schema(
+        operation_id="list_model_images",
+        summary="List a model's images",
+        description="As `GET /images?model_id=`, except that a model without images is a 404.",
+        tags=["images"],
+        parameters=[MODEL_ID, *PAGE, *ERROR_HEADERS],
+        responses={200: LISTED, **errors(BAD_PAGE, NO_MODEL)},
+    ),
+    "retrieve": extend_schema(
+        operation_id="get_image",
+        summary="An image's metadata",
+        tags=["images"],
+        parameters=[IMAGE_ID, *ERROR_HEADERS],
+        responses={200: OpenApiResponse(ImageSerializer, "The image's metadata."), **errors(NO_IMAGE)},
+    ),
+    "destroy": extend_schema(
+        operation_id="delete_image",
+        summary="Delete an image",
+        description="Deletes the image's record, and its bytes unless another model's image shares them.",
+        tags=["images"],
+        parameters=[IMAGE_ID, *ERROR_HEADERS],
+        responses={204: OpenApiResponse(description="Deleted."), **errors(NO_IMAGE)},
+    ),
+    "content": extend_schema(
+        operation_id="get_image_content",
+        summary="An image's bytes",
+        description="An image_id's bytes never change, so caches may keep them for a year.",
+        tags=["content"],
+        parameters=[IMAGE_ID, *BYTES_HEADERS],
+        responses=image_bytes("The image.", NO_IMAGE),
+    ),
+    "model_image": extend_schema(
+        operation_id="get_model_image",
+        summary="A model's newest image's bytes",
+        description="They change when a newer image arrives: caches keep them for MODEL_IMAGE_MAX_AGE "
+        "seconds, then revalidate.",
+        tags=["content"],
+        parameters=[MODEL_ID, *BYTES_HEADERS],
+        responses=image_bytes("The model's newest image.", {400: "model_id is not valid."}, NO_MODEL),
+    ),
+}
+
+
+def image_api_schema(view_class: type) -> type:
+    """Applies OPERATIONS to the viewset's actions: `extend_schema_view` knows only DRF's own action
+    names and @action methods, not actions routed by `as_view`."""
+    for action, decorate in OPERATIONS.items():
+        decorate(view_class.__dict__[action])
+    return view_class
