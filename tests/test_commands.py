@@ -7,6 +7,7 @@ import importlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -275,6 +276,32 @@ def test_import_refuses_manifest_entries_whose_bytes_changed(store, tmp_path):
     out, _ = import_failing(store, str(dest))
     assert "its bytes are not the ones the manifest lists" in out
     store.assert_empty()
+
+
+def test_import_stops_before_starting_on_bad_arguments_or_a_damaged_manifest(store, tmp_path):
+    add(JPEG, "m1")
+    dest = tmp_path / "export"
+    run("export", str(dest), "--quiet")
+    manifest = dest / "manifest.jsonl"
+    good = manifest.read_text()
+    for damaged, complaint in [
+        (good + "{not json\n", "manifest.jsonl:2: not a manifest line"),
+        (good.replace('"path": "m1/a.jpg"', '"path": "../../etc/passwd"'), "outside the manifest's folder"),
+        (good.replace("+00:00", ""), "uploaded_at has no time zone"),
+    ]:
+        manifest.write_text(damaged)
+        with pytest.raises(CommandError, match=re.escape(complaint)):
+            import_(store, str(dest))
+    plain = write(tmp_path / "plain", {"a.jpg": JPEG})
+    with pytest.raises(CommandError, match="say where its model_id comes from"):
+        import_(store, str(plain))
+    with pytest.raises(CommandError, match="'folder' or 'regex:PATTERN'"):
+        import_(store, str(plain), "--model-from", "name")
+    with pytest.raises(CommandError, match="needs a group"):
+        import_(store, str(plain), "--model-from", "regex:^[a-z]+")
+    with pytest.raises(CommandError, match="no such file or folder"):
+        import_(store, str(tmp_path / "nowhere"), "--model-id", "m")
+    assert len(store.records()) == 1
 
 
 def test_import_refuses_a_manifest_image_id_that_is_another_image_here(store, tmp_path):
