@@ -14,12 +14,19 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from PIL import Image
 from rest_framework import serializers
 
+from . import derivatives
 from .pagination import DEFAULT_LIMIT, MAX_LIMIT
 from .serializers import ImageSerializer, UploadSerializer
 from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE
 
 IMAGE_ID_PATTERN = "^[0-9a-fA-F]{24}$"
-IMAGE_TYPES = tuple(Image.MIME[f] for f in settings.ALLOWED_IMAGE_FORMATS if f in Image.MIME)
+# Originals in their allowed types, derivatives in any output format.
+IMAGE_TYPES = tuple(
+    dict.fromkeys(
+        [Image.MIME[f] for f in settings.ALLOWED_IMAGE_FORMATS if f in Image.MIME]
+        + [Image.MIME[f] for f in derivatives.FORMATS.values()]
+    )
+)
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -135,6 +142,33 @@ ERROR_HEADERS = [
     response_header("Retry-After", "Seconds to wait before retrying.", [429, 503], required=False),
 ]
 SERVED = [200, 206]
+SIZES = {"type": "integer", "enum": settings.DERIVATIVE_SIZES}
+DERIVATIVE = [
+    OpenApiParameter("w", SIZES, description="A derivative's largest width (an allowed size)."),
+    OpenApiParameter("h", SIZES, description="A derivative's largest height (an allowed size)."),
+    OpenApiParameter(
+        "fit",
+        {"type": "string", "enum": ["contain", "cover"], "default": "contain"},
+        description="`contain` fits the box and never upscales; `cover` fills w x h exactly, cropping.",
+    ),
+    OpenApiParameter(
+        "format",
+        {"type": "string", "enum": [*derivatives.FORMATS, "auto"]},
+        description="`auto` picks AVIF or WebP from Accept, else the original's format (GIF gives PNG).",
+    ),
+    OpenApiParameter("q", {"type": "integer", "minimum": 1, "maximum": 100}, description="Quality."),
+    OpenApiParameter(
+        "preset",
+        {"type": "string", "enum": list(settings.DERIVATIVE_PRESETS)},
+        description="A named box ("
+        + ", ".join(f"{k}: {v}" for k, v in settings.DERIVATIVE_PRESETS.items())
+        + " px) in format auto; not together with w or h.",
+    ),
+]
+BAD_DERIVATIVE = {
+    400: "A derivative parameter is not valid: w and h must be allowed sizes, not beside a preset.",
+    422: "No derivative can be made from this original: over the pixel or time limits, or corrupt.",
+}
 VALIDATED = [*SERVED, 304, 412]
 BYTES_HEADERS = [
     request_header(
@@ -147,13 +181,17 @@ BYTES_HEADERS = [
     request_header("If-Modified-Since", "An HTTP date: if the image is no newer, 304."),
     request_header("If-Match", "ETags: if none matches, 412."),
     request_header("If-Unmodified-Since", "An HTTP date: if the image is newer, 412."),
-    response_header("ETag", "The SHA-256 of the image's bytes, quoted.", VALIDATED),
+    response_header(
+        "ETag", "The SHA-256 of the image's bytes, quoted (a derivative's: with its parameters).", VALIDATED
+    ),
     response_header("Last-Modified", "When the image was uploaded.", [*SERVED, 304]),
     response_header("Cache-Control", "How long caches may keep the answer.", VALIDATED),
     response_header("Content-Disposition", "`inline`, with the image's filename (RFC 6266).", SERVED),
     response_header("Accept-Ranges", "`bytes`.", SERVED),
     response_header("Content-Range", "`bytes first-last/size`; on a 416, `bytes */size`.", [206, 416]),
+    response_header("Vary", "`Accept`, when format=auto chose the format.", VALIDATED, required=False),
     *ERROR_HEADERS,
+    *DERIVATIVE,
 ]
 
 # --- Responses -----------------------------------------------------------------------------------
@@ -258,7 +296,7 @@ OPERATIONS = {
         description="An image_id's bytes never change, so caches may keep them for a year.",
         tags=["content"],
         parameters=[IMAGE_ID, *BYTES_HEADERS],
-        responses=image_bytes("The image.", NO_IMAGE),
+        responses=image_bytes("The image, or the derivative asked for.", NO_IMAGE, BAD_DERIVATIVE),
     ),
     "model_image": extend_schema(
         operation_id="get_model_image",
@@ -267,7 +305,12 @@ OPERATIONS = {
         "seconds, then revalidate.",
         tags=["content"],
         parameters=[MODEL_ID, *BYTES_HEADERS],
-        responses=image_bytes("The model's newest image.", {400: "model_id is not valid."}, NO_MODEL),
+        responses=image_bytes(
+            "The model's newest image, or the derivative asked for.",
+            BAD_DERIVATIVE,
+            {400: "model_id, or a derivative parameter, is not valid."},
+            NO_MODEL,
+        ),
     ),
 }
 

@@ -96,6 +96,10 @@ def add_image(
         existing = docs.find(model_id, sha256)
         if existing:
             return existing, False
+        if image_id:  # the collision was on the id that an import asked to restore
+            raise InvalidRequest(
+                f"image_id {image_id} belongs to another image.", code="image_id_taken"
+            ) from None
         return add_image(
             file,
             model_id,

@@ -8,15 +8,18 @@ stops at its end, and `Content-Length` is always set explicitly.
 """
 
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from typing import IO
 from urllib.parse import quote
 
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.utils.cache import get_conditional_response
+from django.utils.cache import get_conditional_response, patch_vary_headers
 from django.utils.http import http_date
 
+from . import derivatives
 from .documents import ImageRecord
-from .services import image_storage
+from .storage import image_storage
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
@@ -81,17 +84,50 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def blob_response(
+@dataclass(frozen=True)
+class Blob:
+    """What a bytes response needs to know. The name is content-addressed, so its quoted form is a
+    strong ETag: the sha256 for an original, the parameters too for a derivative."""
+
+    name: str
+    size: int
+    content_type: str
+    filename: str
+    modified: datetime
+
+    @classmethod
+    def original(cls, record: ImageRecord) -> "Blob":
+        return cls(record.sha256, record.size, record.content_type, record.filename, record.uploaded_at)
+
+
+def image_response(
     request: HttpRequest, record: ImageRecord, cache_control: str = IMMUTABLE
 ) -> HttpResponseBase:
-    etag = f'"{record.sha256}"'
-    last_modified = int(record.uploaded_at.timestamp())
+    """The original's bytes, or those of the derivative that the query string asks for."""
+    if not derivatives.wanted(request.GET):
+        return blob_response(request, Blob.original(record), cache_control)
+    original_format = derivatives.output_format(record.content_type)
+    spec, negotiated = derivatives.parse_spec(request.GET, request.headers.get("Accept", ""), original_format)
+    name = derivatives.ensure(record, spec)
+    stem = record.filename.rsplit(".", 1)[0] or record.filename
+    blob = Blob(
+        name, image_storage().size(name), spec.content_type, f"{stem}.{spec.format}", record.uploaded_at
+    )
+    response = blob_response(request, blob, cache_control)
+    if negotiated:
+        patch_vary_headers(response, ["Accept"])
+    return response
+
+
+def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTABLE) -> HttpResponseBase:
+    etag = f'"{blob.name}"'
+    last_modified = int(blob.modified.timestamp())
     headers = {
         **SAFE_HEADERS,
         "ETag": etag,
         "Last-Modified": http_date(last_modified),
         "Cache-Control": cache_control,
-        "Content-Disposition": content_disposition(record.filename),
+        "Content-Disposition": content_disposition(blob.filename),
     }
     validators = HttpResponse(headers=headers)
     conditional = get_conditional_response(request, etag, last_modified, validators)
@@ -104,7 +140,7 @@ def blob_response(
     if conditional is not validators:
         return conditional  # 304
 
-    size = record.size
+    size = blob.size
     span = None
     if_range = request.headers.get("If-Range")
     if "Range" in request.headers and if_range in (None, etag, headers["Last-Modified"]):
@@ -123,12 +159,12 @@ def blob_response(
     status = 206 if span else 200
 
     if request.method == "HEAD":
-        return HttpResponse(status=status, headers=headers, content_type=record.content_type)
-    file = image_storage().open(record.sha256).file
+        return HttpResponse(status=status, headers=headers, content_type=blob.content_type)
+    file = image_storage().open(blob.name).file
     file.seek(start)
     return FileResponse(
         RangeReader(file, end - start + 1),
         status=status,
-        content_type=record.content_type,
+        content_type=blob.content_type,
         headers=headers,
     )

@@ -20,7 +20,7 @@ from .negotiation import LenientNegotiation
 from .pagination import next_link, parse_cursor, parse_limit
 from .schema import image_api_schema
 from .serializers import ImageSerializer, UploadSerializer
-from .serving import blob_response
+from .serving import image_response
 from .throttling import ReadRateThrottle, UploadRateThrottle
 from .validation import validate_model_id
 
@@ -64,6 +64,15 @@ class ImageViewSet(viewsets.ViewSet):
         if getattr(self, "action", None) in BYTES_ACTIONS:
             return [JSONRenderer()]  # only errors are rendered there
         return super().get_renderers()
+
+    @property
+    def default_response_headers(self) -> dict:
+        headers = super().default_response_headers
+        if getattr(self, "action", None) in BYTES_ACTIONS:
+            # Image bytes do not depend on Accept (unless format=auto says so itself); a stray
+            # `Vary: Accept` would split every cache in front by the browser's Accept header.
+            headers.pop("Vary", None)
+        return headers
 
     def http_method_not_allowed(self, request: Request, *args, **kwargs) -> Response:
         """A browser that opens /upload gets the browsable API's upload form; API clients, a 405."""
@@ -134,10 +143,10 @@ class ImageViewSet(viewsets.ViewSet):
 
     def content(self, request: Request, image_id: str):
         note_image(request, image_id)
-        return blob_response(request, get_record(image_id))
+        return image_response(request, get_record(image_id))
 
     def model_image(self, request: Request, model_id: str):
         """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
         record = newest_record(model_id)
         note_image(request, record.image_id)
-        return blob_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")
+        return image_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")

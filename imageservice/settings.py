@@ -3,6 +3,7 @@
 Every variable is documented in `.env.example` and the README.
 """
 
+import os
 import secrets
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -84,7 +85,8 @@ DATABASES = {
         },
         # A file, not Django's shared in-memory default: that one fails concurrent writers at once
         # ("table is locked") instead of waiting, unlike the real database.
-        "TEST": {"NAME": str(DATA_DIR / "test-imageservice.sqlite3")},
+        # One per test process, so that concurrent runs never share it.
+        "TEST": {"NAME": str(DATA_DIR / f"test-imageservice-{os.getpid()}.sqlite3")},
     }
 }
 
@@ -149,7 +151,9 @@ ALLOWED_IMAGE_FORMATS = [
 DERIVATIVE_SIZES = sorted(env.list("DERIVATIVE_SIZES", cast=int, default=[64, 128, 256, 512, 1024, 2048]))
 DERIVATIVE_PRESETS = {
     name: int(size)
-    for name, size in env.dict("DERIVATIVE_PRESETS", default={"thumb": 256, "card": 640, "full": 1600}).items()
+    for name, size in env.dict(
+        "DERIVATIVE_PRESETS", default={"thumb": 256, "card": 640, "full": 1600}
+    ).items()
 }
 DERIVATIVE_TIMEOUT = env.float("DERIVATIVE_TIMEOUT", default=20.0)
 # /image/<model_id> changes when a newer image arrives: caches keep it briefly, then revalidate.
@@ -196,6 +200,8 @@ REST_FRAMEWORK = {
     },
     "NUM_PROXIES": NUM_PROXIES,
     "EXCEPTION_HANDLER": "images.errors.api_exception_handler",
+    # `?format=` picks a derivative's image format here, never a DRF renderer.
+    "URL_FORMAT_OVERRIDE": None,
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "images.schema.ImageServiceSchema",
 }

@@ -14,7 +14,7 @@ from images import derivatives, services
 from images.derivatives import Spec, parse_spec, render
 from images.documents import ImageRecord, get_documents
 from images.errors import InvalidRequest, UnprocessableImage
-from tests.test_api import upload
+from tests.test_api import body, upload
 
 ALLOWED = ["JPEG", "PNG", "WEBP", "GIF"]
 
@@ -321,3 +321,62 @@ def test_derivatives_go_with_the_last_record_of_their_original(store, client):
     services.delete_image(second.image_id)
     assert not [n for n in store.blob_names() if n.startswith(first.sha256)]
     assert len([n for n in store.blob_names() if n.startswith(other.sha256)]) == 3
+
+
+# --- through the API -----------------------------------------------------------------------------
+
+
+def test_a_derivative_is_served_like_an_original(store, client):
+    meta = upload(client, encode(Image.new("RGB", (600, 300), "red"), "JPEG", quality=90)).json()
+    url = f"/images/{meta['image_id']}/content?w=128&format=webp"
+    first = client.get(url)
+    assert first.status_code == 200
+    data = body(first)
+    assert Image.open(io.BytesIO(data)).size == (128, 64)
+    assert first["Content-Type"] == "image/webp"
+    assert first["Content-Length"] == str(len(data))
+    assert first["ETag"] == f'"{meta["sha256"]}_128x0_contain_q80.webp"'
+    assert first["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert first["Content-Disposition"].startswith('inline; filename="a.webp"')
+    assert "Vary" not in first or "accept" not in first["Vary"].lower()
+    assert body(client.get(url)) == data
+    assert client.get(url, HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 304
+    ranged = client.get(url, HTTP_RANGE="bytes=0-9")
+    assert ranged.status_code == 206 and body(ranged) == data[:10]
+    head = client.head(url)
+    assert head["Content-Length"] == str(len(data)) and head.content == b""
+
+
+def test_format_auto_negotiates_and_varies_on_accept(store, client):
+    meta = upload(client, encode(Image.new("RGB", (600, 300), "red"), "PNG")).json()
+    url = "/image/m1?preset=thumb"
+    avif = client.get(url, HTTP_ACCEPT="image/avif,image/webp,*/*")
+    webp = client.get(url, HTTP_ACCEPT="image/webp,*/*")
+    fallback = client.get(url, HTTP_ACCEPT="*/*")
+    assert [r["Content-Type"] for r in (avif, webp, fallback)] == ["image/avif", "image/webp", "image/png"]
+    for response in (avif, webp, fallback):
+        assert "accept" in response["Vary"].lower()
+        assert response["Cache-Control"] == "public, max-age=60"
+    assert Image.open(io.BytesIO(body(fallback))).size == (256, 128)
+    assert meta["sha256"] in avif["ETag"]
+
+
+def test_bad_derivative_requests_are_400_and_store_nothing(store, client):
+    meta = upload(client, encode(Image.new("RGB", (60, 30), "red"), "PNG")).json()
+    before = store.blob_names()
+    response = client.get(f"/images/{meta['image_id']}/content?w=300")
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_size"
+    assert "64, 128, 256, 512, 1024, 2048" in response.json()["detail"]
+    for query in ("fit=squash&w=64", "format=tiff", "q=500&w=64", "preset=nope"):
+        assert client.get(f"/images/{meta['image_id']}/content?{query}").status_code == 400
+    assert store.blob_names() == before
+
+
+def test_an_original_over_todays_limits_is_refused_cleanly(store, client, settings):
+    meta = upload(client, encode(Image.new("RGB", (300, 300), "red"), "PNG")).json()
+    settings.MAX_IMAGE_PIXELS = 1000
+    response = client.get(f"/images/{meta['image_id']}/content?w=64")
+    assert response.status_code == 422
+    assert response.json()["error"] == "too_many_pixels"
+    assert body(client.get(f"/images/{meta['image_id']}/content")) != b""  # the original still serves

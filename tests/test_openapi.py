@@ -94,13 +94,17 @@ def test_the_bytes_endpoints_are_documented(schema):
         responses = operation["responses"]
         assert {"200", "206", "304", "412", "416"} <= set(responses)
         for code in ("200", "206"):
-            assert set(responses[code]["content"]) == {"image/jpeg", "image/png", "image/webp", "image/gif"}
+            types = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/avif"}  # avif: derivatives
+            assert set(responses[code]["content"]) == types
             assert {"ETag", "Cache-Control", "Content-Disposition", "Accept-Ranges"} <= set(
                 responses[code]["headers"]
             )
         assert "Content-Range" in responses["206"]["headers"]
         sent = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
         assert {"Range", "If-None-Match", "If-Modified-Since", "If-Range"} <= sent
+        query = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+        assert {"w", "h", "fit", "format", "q", "preset"} <= query
+        assert {"400", "422"} <= set(responses)
         assert {} in operation["security"]  # public reads need no credential
 
 
