@@ -5,6 +5,7 @@ keyset on `(uploaded_at, image_id)`), so a page costs the same at record 100 as 
 """
 
 import contextlib
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -54,8 +55,11 @@ class Documents(Protocol):
 
     def find(self, model_id: str, sha256: str) -> ImageRecord | None: ...
 
-    def page(self, model_id: str | None, after: Position | None, limit: int) -> list[ImageRecord]:
-        """Up to `limit` records, newest first, strictly after `after`."""
+    def page(
+        self, model_id: str | None, after: Position | None, limit: int, matching: str | None = None
+    ) -> list[ImageRecord]:
+        """Up to `limit` records, newest first, strictly after `after`; `matching` keeps those whose
+        filename contains it (ignoring case) or whose sha256 starts with it (the admin's search)."""
 
     def count(self, model_id: str | None = None) -> int: ...
 
@@ -125,16 +129,34 @@ class MongoDocuments:
         doc = self.collection.find_one({"model_id": model_id, "sha256": sha256})
         return doc and self._record(doc)
 
-    def page(self, model_id: str | None, after: Position | None, limit: int) -> list[ImageRecord]:
-        query: dict = {}
+    def page(
+        self, model_id: str | None, after: Position | None, limit: int, matching: str | None = None
+    ) -> list[ImageRecord]:
+        conditions: list[dict] = []
         if model_id is not None:
-            query["model_id"] = model_id
+            conditions.append({"model_id": model_id})
         if after is not None:
             at, image_id = after
-            query["$or"] = [
-                {"uploaded_at": {"$lt": at}},
-                {"uploaded_at": at, "_id": {"$lt": ObjectId(image_id)}},
-            ]
+            conditions.append(
+                {
+                    "$or": [
+                        {"uploaded_at": {"$lt": at}},
+                        {"uploaded_at": at, "_id": {"$lt": ObjectId(image_id)}},
+                    ]
+                }
+            )
+        if matching:
+            escaped = re.escape(matching)
+            conditions.append(
+                {
+                    "$or": [
+                        {"filename": {"$regex": escaped, "$options": "i"}},
+                        {"sha256": {"$regex": f"^{escaped.lower()}"}},
+                    ]
+                }
+            )
+        # A single condition stays a plain filter, which every server plans best.
+        query = conditions[0] if len(conditions) == 1 else {"$and": conditions} if conditions else {}
         cursor = self.collection.find(query).sort([("uploaded_at", -1), ("_id", -1)]).limit(limit)
         return [self._record(doc) for doc in cursor]
 
@@ -183,10 +205,14 @@ class SQLDocuments:
         row = self.rows.filter(model_id=model_id, sha256=sha256).first()
         return row and self._record(row)
 
-    def page(self, model_id: str | None, after: Position | None, limit: int) -> list[ImageRecord]:
+    def page(
+        self, model_id: str | None, after: Position | None, limit: int, matching: str | None = None
+    ) -> list[ImageRecord]:
         rows = self.rows.order_by("-uploaded_at", "-image_id")
         if model_id is not None:
             rows = rows.filter(model_id=model_id)
+        if matching:
+            rows = rows.filter(Q(filename__icontains=matching) | Q(sha256__startswith=matching.lower()))
         if after is not None:
             at, image_id = after
             rows = rows.filter(Q(uploaded_at__lt=at) | Q(uploaded_at=at, image_id__lt=image_id))

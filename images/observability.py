@@ -86,7 +86,6 @@ class RequestObservationMiddleware:
             BYTES_SERVED.inc(size)
         if endpoint == "upload" and 400 <= response.status_code < 500:
             UPLOADS_REFUSED.labels(getattr(response, "error_code", "unknown")).inc()
-        user = getattr(request, "user", None)
         log.info(
             "%s %s %s",
             request.method,
@@ -101,12 +100,20 @@ class RequestObservationMiddleware:
                     "bytes": size,
                     "request_id": request.id,
                     "image_id": getattr(request, "image_id", None),
-                    "client": getattr(user, "name", None),
+                    "client": client_name(request),
                     "remote_addr": request.META.get("REMOTE_ADDR"),
                 }
             },
         )
         return response
+
+
+def client_name(request: HttpRequest) -> str | None:
+    """The caller's name: an API key's or token's (DRF's Principal), or a signed-in Django user's."""
+    user = getattr(request, "user", None)
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return getattr(user, "name", None) or user.get_username()
 
 
 def _client_allowed(request: HttpRequest) -> bool:

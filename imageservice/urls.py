@@ -1,3 +1,4 @@
+from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -5,6 +6,7 @@ from images import health
 from images.observability import MetricsView
 
 urlpatterns = [
+    path("admin/", admin.site.urls),
     path("", include("images.urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
