@@ -21,19 +21,26 @@ MODES = ["embedded", "mongo"]
 
 
 @pytest.fixture(scope="session")
-def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mongo_uri(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MongoDB-compatible server for the whole session."""
     if uri := os.environ.get("MONGO_TEST_URI"):
         yield uri
         return
+    binary = request.getfixturevalue("ferretdb_bin")
+    with servers.ferretdb(binary, tmp_path_factory.mktemp("ferretdb")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def ferretdb_bin() -> Path:
+    """The FerretDB binary. Under CI=true its absence fails the run: Mongo mode never goes quietly."""
     binary = servers.ferretdb_binary()
     if binary is None or not binary.exists():
         message = "FerretDB is not built: run scripts/install-ferretdb (scripts/test does)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    with servers.ferretdb(binary, tmp_path_factory.mktemp("ferretdb")) as uri:
-        yield uri
+    return binary
 
 
 @dataclass

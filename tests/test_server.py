@@ -6,7 +6,6 @@ other, and a MongoDB that goes away and comes back while the service keeps runni
 """
 
 import hashlib
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -66,18 +65,6 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             mongo_db = client[name]
         url = stack.enter_context(servers.service(env, data_dir / "service.log"))
         yield Live(request.param, url, data_dir, mongo_db)
-
-
-@pytest.fixture
-def ferretdb_bin() -> Path:
-    """FerretDB, for tests that stop and restart a server of their own (not the shared one)."""
-    binary = servers.ferretdb_binary()
-    if binary is None or not binary.exists():
-        message = "FerretDB is not built: run scripts/install-ferretdb (scripts/test does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
 
 
 def sha256(data: bytes) -> str:
