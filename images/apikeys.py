@@ -7,8 +7,6 @@ table), so every instance of the service sees the same keys.
 
 import hashlib
 import secrets
-import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -18,7 +16,7 @@ from django.db import IntegrityError, transaction
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
-from . import mongo
+from . import hotcache, mongo
 from .models import ApiKey as ApiKeyRow
 
 PREFIX = "isk_"
@@ -124,35 +122,7 @@ def create_key(name: str, scopes: tuple[str, ...]) -> str:
     return key
 
 
-class _TTLCache:
-    """Per-process answers for a few seconds, so that authenticated reads cost no query."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: dict[tuple, tuple[float, object]] = {}
-
-    def get(self, key: tuple, compute):
-        now = time.monotonic()
-        hit = self._items.get(key)
-        if hit and hit[0] > now:
-            return hit[1]
-        value = compute()
-        with self._lock:
-            if len(self._items) > 10_000:
-                self._items.clear()
-            self._items[key] = (now + CACHE_SECONDS, value)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-_cache = _TTLCache()
-
-
-def _where() -> tuple:
-    return (repr(settings.MONGO),)  # tests switch stores; the cache must not leak across them
+_cache = hotcache.TTLCache(lambda: CACHE_SECONDS)
 
 
 def verify(key: str) -> ApiKey | None:
@@ -160,11 +130,14 @@ def verify(key: str) -> ApiKey | None:
     if not key.startswith(PREFIX):
         return None
     key_hash = hash_key(key)
-    return _cache.get(("key", key_hash, *_where()), lambda: get_key_store().find(key_hash))
+    # Unknown keys are remembered too, so a flood of bad keys costs no queries.
+    return _cache.get(
+        hotcache.scoped("key", key_hash), lambda: get_key_store().find(key_hash), hotcache.always
+    )
 
 
 def any_active() -> bool:
-    return _cache.get(("any", *_where()), lambda: get_key_store().any_active())
+    return _cache.get(hotcache.scoped("any"), lambda: get_key_store().any_active(), hotcache.always)
 
 
 def forget_cached() -> None:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.core.files import File
 
-from . import derivatives
+from . import derivatives, hotcache
 from .documents import Documents, DuplicateImage, ImageRecord, get_documents, new_image_id
 from .errors import InvalidRequest, PayloadTooLarge
 from .observability import BYTES_STORED, IMAGES_STORED, timed
@@ -111,6 +111,7 @@ def add_image(
     except BaseException:
         _undo_quietly(docs, record, inserted)
         raise
+    hotcache.records.forget(hotcache.scoped("newest", model_id))
     IMAGES_STORED.inc()
     BYTES_STORED.inc(record.size)
     return record, True
@@ -122,6 +123,9 @@ def delete_image(image_id: str) -> ImageRecord | None:
         record = docs.delete(image_id)
         if record is not None:
             release_blob(docs, record.sha256)
+    if record is not None:
+        hotcache.records.forget(hotcache.scoped("id", image_id))
+        hotcache.records.forget(hotcache.scoped("newest", record.model_id))
     return record
 
 

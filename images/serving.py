@@ -17,7 +17,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBas
 from django.utils.cache import get_conditional_response, patch_vary_headers
 from django.utils.http import http_date
 
-from . import derivatives
+from . import derivatives, hotcache
 from .documents import ImageRecord
 from .storage import image_storage
 
@@ -51,6 +51,12 @@ class RangeReader:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _read_whole(name: str) -> bytes:
+    """A small blob's bytes (the hot cache keeps only blobs of at most BlobCache.MAX_BLOB)."""
+    with image_storage().open(name) as file:
+        return file.read()
 
 
 def content_disposition(filename: str) -> str:
@@ -160,6 +166,11 @@ def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTAB
 
     if request.method == "HEAD":
         return HttpResponse(status=status, headers=headers, content_type=blob.content_type)
+    if hotcache.blobs.fits(size):
+        data = hotcache.blobs.get(blob.name, lambda: _read_whole(blob.name))
+        return HttpResponse(
+            data[start : end + 1], status=status, headers=headers, content_type=blob.content_type
+        )
     file = image_storage().open(blob.name).file
     file.seek(start)
     return FileResponse(

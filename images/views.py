@@ -12,7 +12,7 @@ from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from . import services
+from . import hotcache, services
 from .auth import HasScope, caller_name
 from .documents import ImageRecord, get_documents
 from .errors import InvalidRequest, LengthRequired, PayloadTooLarge
@@ -29,14 +29,17 @@ BYTES_ACTIONS = {"content", "model_image"}
 
 
 def get_record(image_id: str) -> ImageRecord:
-    record = get_documents().get(image_id)
+    record = hotcache.records.get(hotcache.scoped("id", image_id), lambda: get_documents().get(image_id))
     if record is None:
         raise NotFound(f"No image has image_id {image_id!r}.")
     return record
 
 
 def newest_record(model_id: str) -> ImageRecord:
-    records = get_documents().page(validate_model_id(model_id), None, 1)
+    validate_model_id(model_id)
+    records = hotcache.records.get(
+        hotcache.scoped("newest", model_id), lambda: get_documents().page(model_id, None, 1)
+    )
     if not records:
         raise NotFound(f"Model {model_id!r} has no images.")
     return records[0]

@@ -170,6 +170,10 @@ DERIVATIVE_PRESETS = {
     ).items()
 }
 DERIVATIVE_TIMEOUT = env.float("DERIVATIVE_TIMEOUT", default=20.0)
+# Per-worker caches of the hot read path (images/hotcache.py): records for a few seconds (another
+# worker may serve a deleted image that long), and the bytes of small blobs, within this many MB.
+HOT_CACHE_SECONDS = env.float("HOT_CACHE_SECONDS", default=2.0)
+HOT_CACHE_MB = env.int("HOT_CACHE_MB", default=64)
 # /image/<model_id> changes when a newer image arrives: caches keep it briefly, then revalidate.
 MODEL_IMAGE_MAX_AGE = env.int("MODEL_IMAGE_MAX_AGE", default=60)
 

@@ -112,8 +112,9 @@ def fresh_caches() -> Iterator[None]:
     """Throttle counters and cached key lookups must not carry over from one test to the next."""
     from django.core.cache import cache
 
-    from images import apikeys
+    from images import apikeys, hotcache
 
     cache.clear()
     apikeys.forget_cached()
+    hotcache.clear()
     yield
