@@ -8,13 +8,14 @@ readable half-blob under a real name. What an unfinished write leaves behind is 
 """
 
 import contextlib
+import io
 import os
 import re
 import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,12 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils.deconstruct import deconstructible
-from gridfs import GridFSBucket, GridOut, NoFile
+from gridfs import GridFSBucket
+from gridfs.errors import CorruptGridFile
 from pymongo.collection import Collection
+from pymongo.cursor import Cursor
 from pymongo.database import Database
+from pymongo.errors import CursorNotFound, DuplicateKeyError
 
 from . import mongo
 
@@ -145,6 +149,92 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class GridFSReader(io.RawIOBase):
+    """A GridFS file's bytes as a seekable file that reads a few chunks per round trip.
+
+    pymongo's GridOut asks for all the remaining chunks in one cursor: MongoDB caps each batch at
+    16 MiB, but FerretDB does not, and a batch past its 48 MB message limit breaks a download of
+    about 40 MB or more mid-body. Chunks are checked as GridOut checks them: one that is missing or
+    cut short raises CorruptGridFile.
+    """
+
+    CHUNKS_PER_BATCH = 16  # 4 MB at GridFS's default chunk size
+
+    def __init__(self, chunks: Collection, file_document: dict) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.file_id = file_document["_id"]
+        self.size = int(file_document["length"])
+        self.chunk_size = int(file_document["chunkSize"])
+        self.position = 0
+        self._cursor: Cursor | None = None
+        self._cursor_next = 0  # the chunk number the cursor yields next
+        self._chunk_number = -1
+        self._chunk = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self.position = base + offset
+        return self.position
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Exactly `size` bytes unless the end comes first, like a file on disk (Pillow relies on it)."""
+        end = self.size if size is None or size < 0 else min(self.size, self.position + size)
+        parts = []
+        while self.position < end:
+            number, offset = divmod(self.position, self.chunk_size)
+            piece = self._chunk_data(number)[offset : offset + end - self.position]
+            parts.append(piece)
+            self.position += len(piece)
+        return b"".join(parts)
+
+    def _chunk_data(self, number: int) -> bytes:
+        if number != self._chunk_number:
+            doc = self._fetch(number)
+            expected = min(self.chunk_size, self.size - number * self.chunk_size)
+            if doc is None or doc["n"] != number or len(doc["data"]) != expected:
+                self._close_cursor()
+                raise CorruptGridFile(f"chunk #{number} of {self.file_id} is missing or cut short")
+            self._chunk_number, self._chunk = number, bytes(doc["data"])
+            self._cursor_next = number + 1
+        return self._chunk
+
+    def _fetch(self, number: int) -> dict | None:
+        for attempt in (1, 2):
+            if self._cursor is None or self._cursor_next != number:  # first read, or after a seek
+                self._close_cursor()
+                query = {"files_id": self.file_id, "n": {"$gte": number}}
+                self._cursor = self.chunks.find(query, sort=[("n", 1)], batch_size=self.CHUNKS_PER_BATCH)
+                self._cursor_next = number
+            try:
+                return next(self._cursor, None)
+            except CursorNotFound:  # idle past the server's cursor timeout: start again from here
+                self._cursor = None
+                if attempt == 2:
+                    raise
+        return None
+
+    def _close_cursor(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
+
+    def close(self) -> None:
+        self._close_cursor()
+        super().close()
+
+
 @deconstructible(path="images.storage.GridFSStorage")
 class GridFSStorage(ContentAddressedMixin, Storage):
     """Blobs in a MongoDB GridFS bucket, one GridFS file per name (its `filename`).
@@ -153,14 +243,23 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     upload that fails partway is aborted, since GridIn leaves its chunks behind otherwise. Concurrent
     saves of the same name can all write; each then keeps only the copy with the lowest `_id`, which
     they all agree on and which readers open, so exactly one copy remains once the last one finishes.
+
+    Deleting removes the files document at once, so nobody opens the blob any more, but keeps its
+    chunks for `purge_delay` seconds, listed in `<bucket>.deleted`: a download that opened the blob
+    before reads its chunks as it goes, and would break mid-body if they went (a file on disk keeps
+    its bytes while it is open; GridFS does not). Each delete purges the chunks that are due; a
+    delete cut off in between leaves chunks that fsck reclaims.
     """
 
     LEFTOVER_KIND = "orphan_chunks"
 
-    def __init__(self, bucket_name: str = "fs", database: Database | None = None):
+    def __init__(
+        self, bucket_name: str = "fs", database: Database | None = None, purge_delay: float = 3600
+    ) -> None:
         """`database` reaches a MongoDB other than the configured one (a storage migration's)."""
         self.bucket_name = bucket_name
         self._database = database
+        self.purge_delay = timedelta(seconds=purge_delay)
 
     @property
     def database(self) -> Database:
@@ -179,6 +278,11 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     def chunks(self) -> Collection:
         return self.database[f"{self.bucket_name}.chunks"]
 
+    @property
+    def deleted(self) -> Collection:
+        """Deleted files whose chunks wait for their purge: `_id` is the files `_id`."""
+        return self.database[f"{self.bucket_name}.deleted"]
+
     def _write(self, name: str, content: File) -> None:
         bucket = self.bucket
         stream = bucket.open_upload_stream(name)
@@ -192,14 +296,14 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         # Delete every copy but the lowest `_id`, not just our own: a writer that started earlier (so
         # has a lower `_id`) may finish after us, and it alone then sees both copies.
         for doc in self.files.find({"filename": name}, {"_id": 1}).sort("_id", 1).skip(1):
-            self._delete_file(bucket, doc["_id"])
+            self._delete_file(doc["_id"])
 
     def _open(self, name: str, mode: str = "rb") -> File:
         # The lowest `_id` is the copy a concurrent save keeps (see `_write`), so read that one.
         doc = self.files.find_one({"filename": name}, sort=[("_id", 1)])
         if doc is None:
             raise FileNotFoundError(name)
-        return File(GridOut(self.database[self.bucket_name], file_document=doc), name)
+        return File(GridFSReader(self.chunks, doc), name)
 
     def exists(self, name: str) -> bool:
         return self.files.find_one({"filename": name}, {"_id": 1}) is not None
@@ -211,14 +315,25 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         return doc["length"]
 
     def delete(self, name: str) -> None:
-        bucket = self.bucket
         for doc in self.files.find({"filename": name}, {"_id": 1}):
-            self._delete_file(bucket, doc["_id"])
+            self._delete_file(doc["_id"])
+        self.purge()
 
-    @staticmethod
-    def _delete_file(bucket: GridFSBucket, file_id: Any) -> None:
-        with contextlib.suppress(NoFile):  # deleted meanwhile by someone else
-            bucket.delete(file_id)  # files document first, then its chunks
+    def _delete_file(self, file_id: Any) -> None:
+        """Its chunks are listed for a purge first, then the files document goes: cut off in
+        between, the blob is still whole (an orphan for fsck), never chunks nobody will purge."""
+        with contextlib.suppress(DuplicateKeyError):  # listed already by a concurrent delete
+            self.deleted.insert_one({"_id": file_id, "deleted_at": datetime.now(UTC)})
+        self.files.delete_one({"_id": file_id})
+
+    def purge(self) -> None:
+        """Deletes the chunks of the files deleted more than `purge_delay` ago."""
+        due = datetime.now(UTC) - self.purge_delay
+        for entry in self.deleted.find({"deleted_at": {"$lte": due}}, {"_id": 1}):
+            # A files document still there means its delete was cut off: the blob stays whole.
+            if self.files.find_one({"_id": entry["_id"]}, {"_id": 1}) is None:
+                self.chunks.delete_many({"files_id": entry["_id"]})
+            self.deleted.delete_one({"_id": entry["_id"]})
 
     def get_modified_time(self, name: str) -> Any:
         doc = self.files.find_one({"filename": name}, {"uploadDate": 1})
@@ -240,16 +355,25 @@ class GridFSStorage(ContentAddressedMixin, Storage):
 
     def leftovers(self) -> Iterator[Leftover]:
         """Chunks without a files document: an upload still running or cut off (GridFS writes that
-        document last), or a delete cut off between the document and its chunks."""
+        document last), or a deleted file's whose purge is overdue (dated by its delete). Those still
+        waiting for their purge are not leftovers."""
         file_ids = {doc["_id"] for doc in self.files.find({}, {"_id": 1})}
+        deleted = {doc["_id"]: doc["deleted_at"] for doc in self.deleted.find()}
+        due = datetime.now(UTC) - self.purge_delay
         for group in self.chunks.aggregate([{"$group": {"_id": "$files_id"}}]):
-            if group["_id"] in file_ids:
+            files_id = group["_id"]
+            if files_id in file_ids:
                 continue
-            last = self.chunks.find_one({"files_id": group["_id"]}, {"_id": 1}, sort=[("_id", -1)])
+            if files_id in deleted:
+                if deleted[files_id] <= due:
+                    yield Leftover(str(files_id), deleted[files_id])
+                continue
+            last = self.chunks.find_one({"files_id": files_id}, {"_id": 1}, sort=[("_id", -1)])
             if last is not None:  # not removed meanwhile
-                yield Leftover(str(group["_id"]), last["_id"].generation_time)
+                yield Leftover(str(files_id), last["_id"].generation_time)
 
     def delete_leftover(self, name: str) -> None:
         files_id = ObjectId(name)
         if self.files.find_one({"_id": files_id}, {"_id": 1}) is None:  # its upload did not finish since
             self.chunks.delete_many({"files_id": files_id})
+            self.deleted.delete_one({"_id": files_id})

@@ -129,11 +129,17 @@ else:
     MONGO = None
 
 # --- Image storage ---------------------------------------------------------------------------
+# Mongo mode: a deleted blob's GridFS chunks are kept this many seconds, so that downloads already
+# running finish (a file on disk keeps its bytes while open; GridFS does not).
+GRIDFS_PURGE_DELAY = env.float("GRIDFS_PURGE_DELAY", default=3600.0)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "images": (
-        {"BACKEND": "images.storage.GridFSStorage", "OPTIONS": {"bucket_name": "fs"}}
+        {
+            "BACKEND": "images.storage.GridFSStorage",
+            "OPTIONS": {"bucket_name": "fs", "purge_delay": GRIDFS_PURGE_DELAY},
+        }
         if MONGO
         else {
             "BACKEND": "images.storage.BlobFileSystemStorage",

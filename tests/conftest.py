@@ -59,12 +59,13 @@ class Store:
         return get_documents().page(None, None, 10_000)
 
     def blob_names(self) -> list[str]:
-        """Every blob, and every piece of one, that exists in the backend."""
+        """Every blob, and every piece of one, that exists in the backend. A deleted GridFS file's
+        chunks that wait for their purge (see GridFSStorage) belong to no blob any more."""
         if self.mongo_db is not None:
             files = [d["filename"] for d in self.mongo_db["fs.files"].find()]
-            orphans = self.mongo_db["fs.chunks"].count_documents(
-                {"files_id": {"$nin": [d["_id"] for d in self.mongo_db["fs.files"].find()]}}
-            )
+            accounted = [d["_id"] for d in self.mongo_db["fs.files"].find()]
+            accounted += [d["_id"] for d in self.mongo_db["fs.deleted"].find()]
+            orphans = self.mongo_db["fs.chunks"].count_documents({"files_id": {"$nin": accounted}})
             return files + ["<orphan chunk>"] * orphans
         return sorted(p.name for p in self.blob_dir.rglob("*") if p.is_file())
 

@@ -161,3 +161,24 @@ def test_concurrent_saves_of_one_name_leave_one_blob(store, seed: int) -> None:
         assert [f.result(timeout=60) for f in futures] == [name] * THREADS
     assert store.blob_names() == [name]
     assert read_back(storage, name) == data
+
+
+def test_a_reader_keeps_its_bytes_after_a_delete(store) -> None:
+    """A download that has started must finish after the image is deleted: a file on disk keeps its
+    bytes while it is open, and GridFS keeps a deleted file's chunks until their purge is due.
+
+    The reader seeks back after the delete, so it needs a new cursor: FerretDB's cursors see the
+    chunks as they were when the cursor opened, MongoDB's see them go at their next batch.
+    """
+    data = blob(5 * GRIDFS_CHUNK + 123)
+    name = name_of(data)
+    store.storage.save(name, ContentFile(data))
+    with store.storage.open(name) as reader:
+        assert reader.read(GRIDFS_CHUNK + 7) == data[: GRIDFS_CHUNK + 7]
+        store.storage.delete(name)
+        assert not store.storage.exists(name)
+        reader.seek(0)
+        assert reader.read() == data
+    assert store.blob_names() == []
+    store.storage.save(name, ContentFile(data))  # the same bytes again, after their delete
+    assert read_back(store.storage, name) == data
