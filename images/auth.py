@@ -3,12 +3,15 @@
 Uploads need `write` and deletes need `admin`; reads need `read` only when PUBLIC_READ is off.
 Scopes nest: `admin` includes `write`, which includes `read`. With no key and no JWT key
 configured, the service runs open (development mode), but only where `serve` allowed it.
+Django users signed in on the gallery page (a session cookie) get scopes from their account:
+superusers and staff `admin`, other active users `write`.
 """
 
 from dataclasses import dataclass
 
 import jwt
 from django.conf import settings
+from rest_framework import authentication
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
@@ -93,18 +96,41 @@ def open_mode() -> bool:
     return settings.OPEN_MODE_ALLOWED and not jwt_configured() and not apikeys.any_active()
 
 
+class SessionAuthentication(authentication.SessionAuthentication):
+    """A Django user signed in through /accounts/login/ (or the admin). Unsafe methods also need
+    the CSRF token (`X-CSRFToken`), which DRF checks for session-authenticated requests only."""
+
+    def authenticate(self, request):
+        # Without the cookie, the session is never touched, so API responses get no `Vary: Cookie`.
+        if settings.SESSION_COOKIE_NAME not in request.COOKIES:
+            return None
+        found = super().authenticate(request)
+        if found is None:
+            return None
+        user = found[0]
+        return Principal(user.get_username(), user_scopes(user)), user
+
+
+def user_scopes(user) -> frozenset[str]:
+    """Staff run the service, so they may delete; any other active user may add images."""
+    return frozenset({"admin" if user.is_superuser or user.is_staff else "write"})
+
+
+def allowed(request, scope: str) -> bool:
+    """Whether this request may do what `scope` guards: the rule for the API and the gallery page."""
+    if (scope == "read" and settings.PUBLIC_READ) or open_mode():
+        return True
+    return request.user is not None and request.user.has(scope)
+
+
 class HasScope(BasePermission):
     """Checks the view's `required_scope`; DRF turns a refusal into 401 (no valid credential)
     or 403 (a valid credential without the scope)."""
 
     def has_permission(self, request, view) -> bool:
         scope = view.required_scope
-        if (scope == "read" and settings.PUBLIC_READ) or open_mode():
-            return True
-        if request.user is None:
-            return False
         self.message = f"This needs the '{scope}' scope, which your credential does not have."
-        return request.user.has(scope)
+        return allowed(request, scope)
 
 
 def caller_name(request) -> str | None:

@@ -68,6 +68,21 @@ class BearerScheme(OpenApiAuthenticationExtension):
         }
 
 
+class SessionScheme(OpenApiAuthenticationExtension):
+    target_class = "images.auth.SessionAuthentication"
+    name = "cookieAuth"
+
+    def get_security_definition(self, auto_schema) -> dict:
+        return {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": settings.SESSION_COOKIE_NAME,
+            "description": "A Django user signed in at /accounts/login/ (the gallery page's session). "
+            "Superusers and staff get `admin`, other active users `write`. POST and DELETE also need "
+            "the CSRF token in `X-CSRFToken`.",
+        }
+
+
 class ImageServiceSchema(AutoSchema):
     """States each operation's scope, taken from the view where the rule lives, and lets public
     reads go without a credential. (With no credential configured, the service runs open.)"""

@@ -215,6 +215,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "images.auth.ApiKeyAuthentication",
         "images.auth.JWTAuthentication",
+        # Last: an Authorization header wins over the gallery's session cookie.
+        "images.auth.SessionAuthentication",
     ],
     "DEFAULT_THROTTLE_RATES": {
         # Uploads fill storage, so they are limited by default; reads are cheap and usually cached

@@ -2,12 +2,16 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from images import health
+from images import gallery, health
 from images.observability import MetricsView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("images.urls")),
+    path("", gallery.page, name="gallery"),
+    path("accounts/login/", gallery.login, name="login"),
+    path("accounts/logout/", gallery.logout, name="logout"),
+    re_path(r"^api/whoami/?$", gallery.WhoAmI.as_view(), name="whoami"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", MetricsView.as_view(), name="metrics"),

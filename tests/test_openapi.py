@@ -84,7 +84,8 @@ def test_the_upload_form_is_documented(schema):
     responses = operation["responses"]
     assert {"200", "201", "400", "411", "413", "415", "422", "507"} <= set(responses)
     assert responses["201"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Image"}
-    assert operation["security"] == [{"Api-Key": []}, {"bearerAuth": []}]  # no anonymous upload
+    # No anonymous upload: a key, a token, or a signed-in user's session.
+    assert operation["security"] == [{"Api-Key": []}, {"bearerAuth": []}, {"cookieAuth": []}]
 
 
 def test_the_bytes_endpoints_are_documented(schema):
@@ -121,12 +122,14 @@ def test_paging_and_path_parameters_are_documented(schema):
                 assert parameter["schema"]["pattern"] == expected[parameter["name"]], path
 
 
-def test_both_security_schemes_are_described(schema):
+def test_every_security_scheme_is_described(schema):
     schemes = schema["components"]["securitySchemes"]
     assert schemes["Api-Key"]["type"] == "apiKey"
     assert (schemes["Api-Key"]["in"], schemes["Api-Key"]["name"]) == ("header", "Authorization")
     assert "Api-Key <key>" in schemes["Api-Key"]["description"]
     assert (schemes["bearerAuth"]["scheme"], schemes["bearerAuth"]["bearerFormat"]) == ("bearer", "JWT")
+    assert (schemes["cookieAuth"]["in"], schemes["cookieAuth"]["name"]) == ("cookie", "sessionid")
+    assert "X-CSRFToken" in schemes["cookieAuth"]["description"]
 
 
 def docs_assets(html: str) -> list[str]:
