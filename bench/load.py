@@ -176,7 +176,7 @@ class Watcher:
                 self._listed_at = 0.0
         return total
 
-    def settle(self, timeout: float = 20.0) -> None:
+    def settle(self, timeout: float = 10.0) -> None:
         """Waits (bounded) until the server and its helpers are idle: requests a load left queued
         must not run into the next measurement, nor raise its memory baseline."""
         deadline = time.monotonic() + timeout

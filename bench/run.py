@@ -101,7 +101,7 @@ def main() -> None:
     started = time.monotonic()
     say = lambda message: print(message, flush=True)  # noqa: E731
     settings = (
-        runner.Settings(seconds=3, warmup=1, repeats=1, probes=1, profile=args.profile)
+        runner.Settings(seconds=2, warmup=1, repeats=1, probes=1, profile=args.profile)
         if args.quick
         else runner.Settings(seconds=10, warmup=2, repeats=3, probes=2, profile=args.profile)
     )

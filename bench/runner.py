@@ -135,7 +135,7 @@ class Matrix:
         if scenario.probe:
             result.baseline = watcher.rss()
             with watcher.watching():
-                result.load = self.probe(run, scenario, url, file)
+                result.load = self.probe(run, scenario, url, file, min(scenario.probe, self.settings.probes))
             result.peak, result.others_cpu = watcher.peak, watcher.others_cpu
             result.moved_bytes = result.load.response_bytes
             return result
@@ -160,9 +160,10 @@ class Matrix:
         if result.load.requests == 0:
             # Slower than the whole run: time one request instead, so the row still says how slow.
             watcher.settle()
-            result.load = driver.probe(lambda: driver.stream_get(url), 1)
+            result.load = self.probe(run, scenario, url, file, 1)
             result.load.note = f"wrk completed none in {self.settings.seconds:.0f}s; 1 timed request"
-        if upload is not None:
+            result.moved_bytes = result.load.response_bytes
+        elif upload is not None:
             result.moved_bytes = result.load.requests * file.stat().st_size
         else:
             result.moved_bytes = result.load.response_bytes
@@ -184,8 +185,8 @@ class Matrix:
             status = response.status_code
         return "" if status == scenario.expect else f"answers {status}, not {scenario.expect}"
 
-    def probe(self, run: Run, scenario: Scenario, url: str, file: Path) -> driver.LoadResult:
-        count = min(scenario.probe, self.settings.probes)
+    def probe(self, run: Run, scenario: Scenario, url: str, file: Path, count: int) -> driver.LoadResult:
+        """`count` of the scenario's requests, one at a time (uploads or streamed downloads)."""
         if scenario.endpoint != "upload":
             return driver.probe(lambda: driver.stream_get(url), count)
         size = file.stat().st_size
