@@ -4,6 +4,8 @@ from django.conf import settings
 from django.core.checks import Error, register
 from PIL import Image
 
+from . import mongo
+
 
 @register()
 def image_formats(app_configs, **kwargs) -> list[Error]:
@@ -17,3 +19,12 @@ def image_formats(app_configs, **kwargs) -> list[Error]:
         for fmt in settings.ALLOWED_IMAGE_FORMATS
         if fmt not in Image.OPEN or fmt not in Image.MIME
     ]
+
+
+@register()
+def mongo_blob_read_preference(app_configs, **kwargs) -> list[Error]:
+    try:
+        mongo.read_preference(settings.MONGO_BLOB_READ_PREFERENCE)
+    except ValueError as exc:
+        return [Error(f"MONGO_BLOB_READ_PREFERENCE: {exc}", id="images.E002")]
+    return []

@@ -3,6 +3,10 @@
 `MongoClient` is not fork-safe, so nothing connects at import time: the first call in each process
 (a gunicorn worker, after the fork) makes the client. Settings are read at call time, so tests can
 point it elsewhere with the `settings` fixture.
+
+The URI's options (replicaSet, readPreference, readConcernLevel, w, retryWrites, tls, ...) reach pymongo
+untouched: nothing here or in the callers sets a read preference, read concern or write concern. Only
+the three timeouts below are set, from MONGO_TIMEOUT_MS, and they win over the URI's.
 """
 
 import os
@@ -12,6 +16,14 @@ from django.conf import settings
 from pymongo import IndexModel, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.read_preferences import (
+    Nearest,
+    Primary,
+    PrimaryPreferred,
+    Secondary,
+    SecondaryPreferred,
+    _ServerMode,
+)
 
 _lock = threading.Lock()
 _clients: dict[tuple[int, str], MongoClient] = {}
@@ -41,6 +53,26 @@ def get_client() -> MongoClient:
 
 def get_database() -> Database:
     return get_client()[settings.MONGO["DB"]]
+
+
+# The URI's spelling of each mode (readPreference=...), matched without regard to case.
+READ_PREFERENCES: dict[str, _ServerMode] = {
+    mode.name.lower(): mode
+    for mode in (Primary(), PrimaryPreferred(), Secondary(), SecondaryPreferred(), Nearest())
+}
+
+
+def read_preference(name: str) -> _ServerMode | None:
+    """The read preference named `name` ("secondaryPreferred", ...); None for "" (the URI's own)."""
+    if not name:
+        return None
+    try:
+        return READ_PREFERENCES[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"{name!r} is not a read preference; use one of primary, primaryPreferred, secondary, "
+            "secondaryPreferred, nearest"
+        ) from None
 
 
 _indexed: set[tuple] = set()

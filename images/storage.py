@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bson import ObjectId
-from django.core.exceptions import SuspiciousFileOperation
+from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils.deconstruct import deconstructible
@@ -30,6 +30,7 @@ from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 from pymongo.database import Database
 from pymongo.errors import CursorNotFound, DuplicateKeyError
+from pymongo.read_preferences import ReadPreference
 
 from . import mongo
 
@@ -160,9 +161,12 @@ class GridFSReader(io.RawIOBase):
 
     CHUNKS_PER_BATCH = 16  # 4 MB at GridFS's default chunk size
 
-    def __init__(self, chunks: Collection, file_document: dict) -> None:
+    def __init__(self, chunks: Collection, file_document: dict, fallback: Collection | None = None) -> None:
+        """`fallback` is where to read chunks that `chunks` lacks: the primary, when `chunks` reads
+        from secondaries (MONGO_BLOB_READ_PREFERENCE), which may not have all of a new blob yet."""
         super().__init__()
         self.chunks = chunks
+        self.fallback = fallback
         self.file_id = file_document["_id"]
         self.size = int(file_document["length"])
         self.chunk_size = int(file_document["chunkSize"])
@@ -202,13 +206,20 @@ class GridFSReader(io.RawIOBase):
     def _chunk_data(self, number: int) -> bytes:
         if number != self._chunk_number:
             doc = self._fetch(number)
-            expected = min(self.chunk_size, self.size - number * self.chunk_size)
-            if doc is None or doc["n"] != number or len(doc["data"]) != expected:
+            if not self._whole(doc, number) and self.fallback is not None:
+                self._close_cursor()
+                self.chunks, self.fallback = self.fallback, None
+                doc = self._fetch(number)
+            if not self._whole(doc, number):
                 self._close_cursor()
                 raise CorruptGridFile(f"chunk #{number} of {self.file_id} is missing or cut short")
             self._chunk_number, self._chunk = number, bytes(doc["data"])
             self._cursor_next = number + 1
         return self._chunk
+
+    def _whole(self, doc: dict | None, number: int) -> bool:
+        expected = min(self.chunk_size, self.size - number * self.chunk_size)
+        return doc is not None and doc["n"] == number and len(doc["data"]) == expected
 
     def _fetch(self, number: int) -> dict | None:
         for attempt in (1, 2):
@@ -254,12 +265,26 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     LEFTOVER_KIND = "orphan_chunks"
 
     def __init__(
-        self, bucket_name: str = "fs", database: Database | None = None, purge_delay: float = 3600
+        self,
+        bucket_name: str = "fs",
+        database: Database | None = None,
+        purge_delay: float = 3600,
+        blob_read_preference: str = "",
     ) -> None:
-        """`database` reaches a MongoDB other than the configured one (a storage migration's)."""
+        """`database` reaches a MongoDB other than the configured one (a storage migration's).
+
+        `blob_read_preference` (MONGO_BLOB_READ_PREFERENCE), when set, is where opening and sizing
+        a blob read, instead of the URI's read preference: blobs never change, so a secondary's copy
+        is as good as the primary's, and one that a secondary has not replicated yet is read from
+        the primary. Everything else (exists, writes, deletes, listings) keeps the URI's.
+        """
         self.bucket_name = bucket_name
         self._database = database
         self.purge_delay = timedelta(seconds=purge_delay)
+        try:
+            self.blob_read_preference = mongo.read_preference(blob_read_preference)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"MONGO_BLOB_READ_PREFERENCE: {exc}") from None
 
     @property
     def database(self) -> Database:
@@ -298,21 +323,38 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         for doc in self.files.find({"filename": name}, {"_id": 1}).sort("_id", 1).skip(1):
             self._delete_file(doc["_id"])
 
+    def _blob_sources(self) -> list[Database]:
+        """Where a blob is looked for, in turn: with the blob read preference, then on the primary."""
+        database = self.database
+        if self.blob_read_preference is None:
+            return [database]
+        chosen = database.with_options(read_preference=self.blob_read_preference)
+        if self.blob_read_preference == ReadPreference.PRIMARY:
+            return [chosen]
+        return [chosen, database.with_options(read_preference=ReadPreference.PRIMARY)]
+
+    def _find_blob(self, name: str, projection: dict | None = None) -> tuple[dict, Database, Database | None]:
+        """The blob's files document, the database view it was found in, and the one to turn to for
+        chunks that this one lacks (None: none left)."""
+        sources = self._blob_sources()
+        for index, database in enumerate(sources):
+            # The lowest `_id` is the copy a concurrent save keeps (see `_write`), so read that one.
+            files = database[f"{self.bucket_name}.files"]
+            doc = files.find_one({"filename": name}, projection, sort=[("_id", 1)])
+            if doc is not None:
+                return doc, database, sources[index + 1] if index + 1 < len(sources) else None
+        raise FileNotFoundError(name)
+
     def _open(self, name: str, mode: str = "rb") -> File:
-        # The lowest `_id` is the copy a concurrent save keeps (see `_write`), so read that one.
-        doc = self.files.find_one({"filename": name}, sort=[("_id", 1)])
-        if doc is None:
-            raise FileNotFoundError(name)
-        return File(GridFSReader(self.chunks, doc), name)
+        doc, database, fallback = self._find_blob(name)
+        chunks = f"{self.bucket_name}.chunks"
+        return File(GridFSReader(database[chunks], doc, None if fallback is None else fallback[chunks]), name)
 
     def exists(self, name: str) -> bool:
         return self.files.find_one({"filename": name}, {"_id": 1}) is not None
 
     def size(self, name: str) -> int:
-        doc = self.files.find_one({"filename": name}, {"length": 1})
-        if doc is None:
-            raise FileNotFoundError(name)
-        return doc["length"]
+        return self._find_blob(name, {"length": 1})[0]["length"]
 
     def delete(self, name: str) -> None:
         for doc in self.files.find({"filename": name}, {"_id": 1}):

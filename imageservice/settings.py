@@ -127,6 +127,9 @@ if env.str("MONGO_URI", default="") or any(env.str(v, default="") for v in _MONG
     MONGO = {"URI": _mongo_uri(), "DB": env.str("MONGO_DB", default="CatalogServiceDB")}
 else:
     MONGO = None
+# Where opening and sizing a blob read ("secondaryPreferred", ...; empty: the URI's readPreference).
+# Blobs never change, so a secondary's copy will do; one not replicated yet is read from the primary.
+MONGO_BLOB_READ_PREFERENCE = env.str("MONGO_BLOB_READ_PREFERENCE", default="")
 
 # --- Image storage ---------------------------------------------------------------------------
 # Mongo mode: a deleted blob's GridFS chunks are kept this many seconds, so that downloads already
@@ -138,7 +141,11 @@ STORAGES = {
     "images": (
         {
             "BACKEND": "images.storage.GridFSStorage",
-            "OPTIONS": {"bucket_name": "fs", "purge_delay": GRIDFS_PURGE_DELAY},
+            "OPTIONS": {
+                "bucket_name": "fs",
+                "purge_delay": GRIDFS_PURGE_DELAY,
+                "blob_read_preference": MONGO_BLOB_READ_PREFERENCE,
+            },
         }
         if MONGO
         else {
