@@ -117,4 +117,12 @@ TARGETS = (
     ),
     Target(("list 100 of 100,000",), BOTH, "p99", 20.0),
     Target(("list 100 of 100,000",), BOTH, "p99_vs:list 100 of 10,000", 1.5),
+    Target(
+        ("GET 18 KB by id",),
+        ("scaleout",),
+        "rate",
+        0.5,
+        "nginx",
+        note="issue 9: through nginx (deploy/nginx.conf) with its cache warm, against nginx serving the file",
+    ),
 )

@@ -107,7 +107,7 @@ def judge(results: list[Result]) -> list[Verdict]:
     verdicts = []
     services = []
     for r in results:
-        if r.system.kind == "service" and r.system not in services:
+        if r.system.kind in ("service", "nginx-cache") and r.system not in services:
             services.append(r.system)
     for target in TARGETS:
         for system in services:

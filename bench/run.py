@@ -121,6 +121,7 @@ def main() -> None:
             systems.Service("service embedded", "embedded", workers),
             *(systems.Service(f"service mongo/{name}", name, workers, uri) for name, uri in mongos),
             systems.Nginx("nginx", "disk", workers),
+            *(systems.NginxCache(f"nginx cache/{name}", name, workers, uri) for name, uri in mongos[:1]),
             systems.BareDjango("bare django", "disk", workers),
             *(systems.NaiveFlask(f"naive flask/{name}", name, workers, uri) for name, uri in mongos),
         ]

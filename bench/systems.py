@@ -339,3 +339,45 @@ class Nginx(System):
             url = f"http://127.0.0.1:{port}"
             wait_for_http(url + "/", proc, log, self.name)
             yield FilesRun(url, log, files)
+
+
+class CachedServiceRun(ServiceRun):
+    """The service behind nginx: each stored image is then asked for until nginx's cache has it."""
+
+    def store(self, key: str, file: Path) -> None:
+        super().store(key, file)
+        url = self.url + self.PATHS["by_id"].format(id=self.ids[key])
+        for _ in range(3):
+            if requests.get(url, timeout=30).headers.get("X-Cache-Status") == "HIT":
+                return
+        raise RuntimeError(f"nginx's cache never answered {url}")
+
+
+class NginxCache(Service):
+    """The scale-out topology (docker-compose.yml) without containers: two instances on one MongoDB,
+    behind nginx running deploy/nginx.conf (tests/topology.py), measured with nginx's cache warm."""
+
+    kind = "nginx-cache"
+    endpoints = frozenset({"by_id"})
+    mode = "scaleout"  # its own targets (matrix.TARGETS), not the service's
+
+    @contextmanager
+    def start(self, workdir: Path, env: dict[str, str], logs: Path) -> Iterator[Run]:
+        from tests import topology
+
+        nginx = topology.ensure_programs("nginx")["nginx"]
+        env = {**self.ENV, **env, "NUM_PROXIES": "1", "MONGO_URI": str(self.mongo_uri)}
+        with self.mongo_database() as db:
+            env["MONGO_DB"] = db
+            instances = [{**env, "DATA_DIR": str(workdir / f"data-{n}")} for n in (1, 2)]
+            with (
+                servers.service(instances[0], logs / f"{self.slug}-1.log", workers=self.workers) as one,
+                servers.service(instances[1], logs / f"{self.slug}-2.log", workers=self.workers) as two,
+                topology.nginx(
+                    nginx,
+                    (topology.upstream_address(one), topology.upstream_address(two)),
+                    int(env.get("MAX_REQUEST_MB") or int(env.get("MAX_UPLOAD_MB", "25")) + 1),
+                    logs / self.slug,
+                ) as proxy,
+            ):
+                yield CachedServiceRun(proxy.url, proxy.error_log, self._full_env(instances[0]))
