@@ -9,4 +9,6 @@ def test_upload_then_read_back(store, client):
     assert response.status_code == 201, response.content
     image_id = response.json()["image_id"]
     content = client.get(f"/images/{image_id}/content")
-    assert b"".join(content.streaming_content) == data
+    # Small blobs come whole from the hot cache; larger ones stream.
+    body = b"".join(content.streaming_content) if content.streaming else content.content
+    assert body == data
