@@ -19,10 +19,12 @@ from django.core.exceptions import (
     TooManyFilesSent,
 )
 from django.db import OperationalError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, JsonResponse, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
 from pymongo.errors import ConnectionFailure
 from rest_framework import exceptions, status
+
+from imageservice.pacing import ClientTooSlow
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,12 @@ class LengthRequired(exceptions.APIException):
     status_code = status.HTTP_411_LENGTH_REQUIRED
     default_code = "length_required"
     default_detail = "Send the upload with a Content-Length header (chunked bodies are not accepted)."
+
+
+class RequestTimeout(exceptions.APIException):
+    status_code = status.HTTP_408_REQUEST_TIMEOUT
+    default_code = "request_timeout"
+    default_detail = "The request body arrived too slowly; nothing was stored."
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -69,6 +77,8 @@ class InsufficientStorage(exceptions.APIException):
 
 def as_api_exception(exc: Exception) -> exceptions.APIException | None:
     """Maps what we know how to answer to an APIException; None means a bug."""
+    if isinstance(exc, exceptions.ParseError):  # DRF's word for a broken multipart body
+        return InvalidRequest(f"Malformed request: {exc.detail}", code="malformed_request")
     if isinstance(exc, exceptions.APIException):
         return exc
     if isinstance(exc, Http404):
@@ -81,6 +91,10 @@ def as_api_exception(exc: Exception) -> exceptions.APIException | None:
     if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or _sqlite_says(exc, "full"):
         log.error("storage full: %s", exc)
         return InsufficientStorage()
+    if isinstance(exc, UnreadablePostError):  # Django's wrapper of an error reading the body
+        if isinstance(exc.__cause__, ClientTooSlow):
+            return RequestTimeout()
+        return InvalidRequest(f"The request body could not be read: {exc}", code="malformed_request")
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge("The request body is too large.")
     if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import IO
 from urllib.parse import quote
 
-from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.utils.cache import get_conditional_response, patch_vary_headers
 from django.utils.http import http_date
 
@@ -109,7 +109,16 @@ class Blob:
 def image_response(
     request: HttpRequest, record: ImageRecord, cache_control: str = IMMUTABLE
 ) -> HttpResponseBase:
-    """The original's bytes, or those of the derivative that the query string asks for."""
+    """The original's bytes, or those of the derivative that the query string asks for; a 404 when
+    the bytes went after the record was read (a delete racing this request, or a record that this
+    worker's cache still held), never a 500."""
+    try:
+        return _bytes_response(request, record, cache_control)
+    except FileNotFoundError:
+        raise Http404(f"No image has image_id {record.image_id!r}.") from None
+
+
+def _bytes_response(request: HttpRequest, record: ImageRecord, cache_control: str) -> HttpResponseBase:
     if not derivatives.wanted(request.GET):
         return blob_response(request, Blob.original(record), cache_control)
     original_format = derivatives.output_format(record.content_type)

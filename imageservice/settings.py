@@ -97,6 +97,9 @@ DATABASES = {
             "transaction_mode": "IMMEDIATE",
             "timeout": 5,
         },
+        # Kept open: SQLite deletes the WAL and its index (-shm) when the last connection closes, and
+        # a new one must create them, which fails on a full disk, so reads would stop working too.
+        "CONN_MAX_AGE": None,
         # A file, not Django's shared in-memory default: that one fails concurrent writers at once
         # ("table is locked") instead of waiting, unlike the real database.
         # One per test process, so that concurrent runs never share it.
@@ -162,6 +165,10 @@ Path(FILE_UPLOAD_TEMP_DIR).mkdir(exist_ok=True)
 FILE_UPLOAD_PERMISSIONS = 0o644
 DATA_UPLOAD_MAX_NUMBER_FIELDS = env.int("MAX_FORM_FIELDS", default=20)
 DATA_UPLOAD_MAX_NUMBER_FILES = env.int("MAX_FORM_FILES", default=2)
+# Slow clients (imageservice/workers.py): a request's head must arrive within CLIENT_TIMEOUT seconds,
+# and its body, after that much grace, at MIN_UPLOAD_RATE_KB KiB/s on average, or it gets a 408.
+CLIENT_TIMEOUT = env.float("CLIENT_TIMEOUT", default=10.0)
+MIN_UPLOAD_RATE_KB = env.float("MIN_UPLOAD_RATE_KB", default=4.0)
 
 # --- Image rules -----------------------------------------------------------------------------
 MAX_UPLOAD_MB = env.int("MAX_UPLOAD_MB", default=25)

@@ -4,6 +4,7 @@ Bytes are served through WSGI, not ASGI: Django's ASGI handler buffers a whole F
 memory, while gunicorn streams it (with sendfile where the blob is a real file).
 """
 
+import hashlib
 import ipaddress
 import logging
 import os
@@ -22,6 +23,7 @@ from images.documents import MongoDocuments
 from images.mongo import get_client
 
 log = logging.getLogger(__name__)
+SHARED_MEMORY = Path("/dev/shm")
 
 
 def is_loopback(bind: str) -> bool:
@@ -56,7 +58,7 @@ class Command(BaseCommand):
         finally:
             if settings.MONGO:
                 get_client().close()  # MongoClient is not fork-safe: the workers make their own
-        self._prepare_metrics()
+        self._prepare_metrics(bind)
         mode = "mongo" if settings.MONGO else f"embedded ({settings.DATA_DIR})"
         self.stdout.write(f"image-service: {mode} mode, listening on http://{bind}/")
         self.stdout.flush()
@@ -64,8 +66,9 @@ class Command(BaseCommand):
             sys.executable, "-m", "gunicorn", "imageservice.wsgi:application",
             "--bind", bind,
             "--workers", str(workers),
-            # Threads keep one slow client from holding a whole worker; timeouts cut dead ones off.
-            "--worker-class", "gthread",
+            # gthread, reading request heads without a thread and bodies at a minimum pace, so slow
+            # clients hold no thread for long (imageservice/workers.py); timeouts cut dead ones off.
+            "--worker-class", "imageservice.workers.ThreadWorker",
             "--threads", str(threads),
             "--timeout", "60",
             "--graceful-timeout", "30",
@@ -75,9 +78,20 @@ class Command(BaseCommand):
         ]  # fmt: skip
         os.execv(sys.executable, argv)
 
-    def _prepare_metrics(self) -> None:
-        """Workers write their metrics to files in a fresh directory, summed by /metrics."""
-        directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.DATA_DIR / "metrics")
+    def _prepare_metrics(self, bind: str) -> None:
+        """Workers write their metrics to memory-mapped files in a fresh directory, summed by /metrics.
+
+        Not under DATA_DIR unless there is no shared memory (/dev/shm): a worker that writes a new
+        series into a memory-mapped file on a full disk dies of SIGBUS, and the data disk is the one
+        that fills. The directory is this instance's own (its DATA_DIR and address), reset at start.
+        """
+        if explicit := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            directory = Path(explicit)
+        elif SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK):
+            instance = hashlib.sha256(f"{settings.DATA_DIR}|{bind}".encode()).hexdigest()[:16]
+            directory = SHARED_MEMORY / f"image-service-metrics-{instance}"
+        else:
+            directory = settings.DATA_DIR / "metrics"
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
