@@ -223,7 +223,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.MultiPartParser",
+        "images.parsers.MultiPartParser",  # DRF's, leaving no spool file behind a failed upload
         "rest_framework.parsers.FormParser",
     ],
     "DEFAULT_AUTHENTICATION_CLASSES": [
