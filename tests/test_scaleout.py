@@ -277,6 +277,11 @@ def test_killing_an_instance_loses_no_request_nginx_can_retry(scaled_out: Topolo
         done.set()
         for thread in threads:
             thread.join(TIMEOUT + 5)
+    # nginx retries a request on the other instance until it has sent the client anything. A
+    # response the kill cuts mid-body (at most one in flight per client) cannot be retried by
+    # anyone; every other request must succeed.
+    cut = outcomes.pop("ChunkedEncodingError", 0)
+    assert cut <= len(threads)
     assert dict(outcomes) == {"200": sum(outcomes.values())}
     assert before > 20 and after - before > 20, (before, after)
 
