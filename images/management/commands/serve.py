@@ -21,6 +21,7 @@ from images import apikeys
 from images.auth import jwt_configured
 from images.documents import MongoDocuments
 from images.mongo import get_client
+from imageservice.gunicorn_conf import METRICS_DIR_PREFIX
 
 log = logging.getLogger(__name__)
 SHARED_MEMORY = Path("/dev/shm")
@@ -83,13 +84,14 @@ class Command(BaseCommand):
 
         Not under DATA_DIR unless there is no shared memory (/dev/shm): a worker that writes a new
         series into a memory-mapped file on a full disk dies of SIGBUS, and the data disk is the one
-        that fills. The directory is this instance's own (its DATA_DIR and address), reset at start.
+        that fills. The directory is this instance's own (its DATA_DIR and address), reset at start
+        and removed at a clean exit (gunicorn_conf.on_exit).
         """
         if explicit := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             directory = Path(explicit)
         elif SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK):
             instance = hashlib.sha256(f"{settings.DATA_DIR}|{bind}".encode()).hexdigest()[:16]
-            directory = SHARED_MEMORY / f"image-service-metrics-{instance}"
+            directory = SHARED_MEMORY / f"{METRICS_DIR_PREFIX}{instance}"
         else:
             directory = settings.DATA_DIR / "metrics"
         shutil.rmtree(directory, ignore_errors=True)
