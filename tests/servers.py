@@ -3,6 +3,8 @@
 Everything listens on 127.0.0.1, on a free port, with its data in a temporary directory.
 """
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pymongo
@@ -88,15 +91,37 @@ def ferretdb(binary: Path, data_dir: Path, port: int | None = None) -> Iterator[
         yield uri
 
 
-@contextmanager
-def service(env: dict[str, str], log_path: Path, workers: int = 2) -> Iterator[str]:
-    """Runs `manage.py serve` (gunicorn) with `env` added (and no MONGO_* from outside); yields its URL."""
-    port = free_port()
+def service_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of the service and its commands: ours, with `env` added and no MONGO_* from
+    outside."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MONGO_")}
     full_env.update(env)
+    return full_env
+
+
+@dataclass
+class Served:
+    """A running service: its URL, and its gunicorn master (`manage.py serve` becomes gunicorn)."""
+
+    url: str
+    master: subprocess.Popen
+
+    def pids(self) -> list[int]:
+        return process_tree(self.master.pid)
+
+    def workers(self) -> list[int]:
+        return self.pids()[1:]
+
+
+@contextmanager
+def served(
+    env: dict[str, str], log_path: Path, workers: int = 2, port: int | None = None
+) -> Iterator[Served]:
+    """Runs `manage.py serve` (gunicorn) with `env`; `port` lets a restarted service keep its URL."""
+    port = port or free_port()
     argv = [sys.executable, "manage.py", "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     url = f"http://127.0.0.1:{port}"
-    with running(argv, log_path, cwd=ROOT, env=full_env) as proc:
+    with running(argv, log_path, cwd=ROOT, env=service_env(env)) as proc:
 
         def up() -> bool:
             if proc.poll() is not None:
@@ -104,4 +129,70 @@ def service(env: dict[str, str], log_path: Path, workers: int = 2) -> Iterator[s
             return bool(requests.get(f"{url}/images?limit=1", timeout=10).status_code)
 
         wait_until(up, 60, "service")
-        yield url
+        yield Served(url, proc)
+
+
+@contextmanager
+def service(env: dict[str, str], log_path: Path, workers: int = 2) -> Iterator[str]:
+    """Runs `manage.py serve` (gunicorn) with `env` added (and no MONGO_* from outside); yields its URL."""
+    with served(env, log_path, workers) as running_service:
+        yield running_service.url
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs a `manage.py` command against the store a service with `env` uses."""
+    argv = [sys.executable, "manage.py", *args]
+    return subprocess.run(
+        argv, cwd=ROOT, env=service_env(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+# What an unfinished write may leave, and fsck --repair reclaims (images/management/commands/fsck.py).
+RECLAIMABLE = {"orphan_blob", "orphan_derivative", "temp_file", "orphan_chunks", "upload_temp_file"}
+
+
+def fsck(env: dict[str, str], *args: str) -> dict:
+    """`manage.py fsck --json` on the store of a service with `env`; orphans of any age count."""
+    run = manage(env, "fsck", "--json", "--grace", "0", *args)
+    assert run.returncode in (0, 1), run.stderr[-3000:]  # 1: damage found
+    return json.loads(run.stdout)
+
+
+# --- Processes, seen through /proc (Linux) -----------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, parents first."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        pids.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # exited meanwhile
+                todo += [int(child) for child in children.read_text().split()]
+    return pids
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident memory, summed over `pids` (shared pages count once per process, as `ps` shows)."""
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        rss_kb = next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        total += int(rss_kb) * 1024
+    return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time used so far, summed over `pids`."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -6,6 +6,7 @@ operations, and schemathesis fuzzing the real service (gunicorn, in both storage
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -267,3 +268,47 @@ def test_the_service_conforms_to_its_schema(open_service: str, tmp_path: Path):
     summary = re.search(r"Test cases:\s*\n\s*(.+)", run.stdout)
     print(f"schemathesis: {summary.group(1) if summary else '?'}")
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
+
+
+DEEP_SECONDS = int(os.environ.get("ST_DEEP_SECONDS", "35"))  # per mode
+
+
+@pytest.mark.slow
+def test_a_longer_stateful_run_finds_no_server_error_and_no_violation(open_service: str, tmp_path: Path):
+    """Longer than the run above, and not deterministic (the seed is printed, to replay a
+    failure): fuzzing, then stateful scenarios along the links that schemathesis infers from the
+    schema and learns from `Location` headers (upload, then read, list or delete what it made),
+    until DEEP_SECONDS are spent. No 5xx, and every answer as the schema says."""
+    seed_value = random.randrange(2**32)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(servers.ROOT),
+        "SCHEMATHESIS_HOOKS": str(HOOKS),
+        "ST_SEEDED": json.dumps(seed(open_service)),
+    }
+    argv = [
+        sys.executable, "-m", "schemathesis.cli", "run", f"{open_service}/api/schema/",
+        "--checks", ",".join(CHECKS),
+        "--phases", "fuzzing,stateful",
+        "--max-time", str(DEEP_SECONDS),
+        "--seed", str(seed_value),
+        "--request-timeout", "30",
+        "--no-color",
+    ]  # fmt: skip
+    run = subprocess.run(
+        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEEP_SECONDS + 120
+    )
+    found = {
+        name: match.group(1) if (match := re.search(pattern, run.stdout)) else "?"
+        for name, pattern in [
+            ("cases", r"Test cases:\s*\n\s*(.+)"),
+            ("scenarios", r"Scenarios:\s*(\d+)"),
+            ("links", r"API Links:\s*(.+)"),
+        ]
+    }
+    print(
+        f"schemathesis (seed {seed_value}): {found['cases']}; {found['scenarios']} stateful scenarios; "
+        f"links {found['links']}"
+    )
+    assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
+    assert found["scenarios"].isdigit() and int(found["scenarios"]) > 0, run.stdout[-5000:]  # stateful ran

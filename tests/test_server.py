@@ -6,11 +6,14 @@ other, and a MongoDB that goes away and comes back while the service keeps runni
 """
 
 import hashlib
+import random
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -38,6 +41,7 @@ class Live:
     url: str
     data_dir: Path
     mongo_db: pymongo.database.Database | None = None
+    served: servers.Served | None = None  # its processes
 
     def blob_files(self, name: str) -> list[Path]:
         """Published blob files called `name` (embedded mode), leaving out the `.tmp` staging area."""
@@ -45,26 +49,37 @@ class Live:
         return [p for p in blobs.rglob(name) if p.is_file() and p.relative_to(blobs).parts[0] != ".tmp"]
 
 
+@contextmanager
+def store_env(
+    request: pytest.FixtureRequest, mode: str, data_dir: Path
+) -> Iterator[tuple[dict[str, str], pymongo.database.Database | None]]:
+    """The environment of a service of its own in `mode`, unthrottled; in Mongo mode, a database of
+    its own too (dropped afterwards), which is also returned, to look behind the API."""
+    env = {**UNTHROTTLED, "DATA_DIR": str(data_dir)}
+    if mode == "embedded":
+        yield env, None
+        return
+    uri, name = request.getfixturevalue("mongo_uri"), f"test_{uuid.uuid4().hex[:12]}"
+    # FerretDB on SQLite scans whole collections where MongoDB uses an index, so on a busy machine
+    # 20 concurrent uploads can outlast the default 4 s socket timeout; these tests are about
+    # behaviour, and the outage tests below check the timeouts on their own.
+    env.update(MONGO_URI=uri, MONGO_DB=name, MONGO_TIMEOUT_MS="10000")
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+    try:
+        yield env, client[name]
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
 @pytest.fixture(scope="module", params=MODES)
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """One service per mode for the whole module: starting gunicorn costs seconds."""
     data_dir = tmp_path_factory.mktemp(f"service-{request.param}")
-    env = {**UNTHROTTLED, "DATA_DIR": str(data_dir), "MAX_UPLOAD_MB": "64"}
-    with ExitStack() as stack:
-        mongo_db = None
-        if request.param == "mongo":
-            uri = request.getfixturevalue("mongo_uri")
-            name = f"test_{uuid.uuid4().hex[:12]}"
-            # FerretDB on SQLite scans whole collections where MongoDB uses an index, so on a busy
-            # machine 20 concurrent uploads can outlast the default 4 s socket timeout; these tests
-            # are about behaviour, and the outage tests below check the timeouts on their own.
-            env.update(MONGO_URI=uri, MONGO_DB=name, MONGO_TIMEOUT_MS="10000")
-            client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
-            stack.callback(client.close)
-            stack.callback(client.drop_database, name)
-            mongo_db = client[name]
-        url = stack.enter_context(servers.service(env, data_dir / "service.log"))
-        yield Live(request.param, url, data_dir, mongo_db)
+    with store_env(request, request.param, data_dir) as (env, mongo_db):
+        env["MAX_UPLOAD_MB"] = "64"
+        with servers.served(env, data_dir / "service.log") as served:
+            yield Live(request.param, served.url, data_dir, mongo_db, served)
 
 
 def sha256(data: bytes) -> str:
@@ -273,29 +288,40 @@ def test_large_upload_and_download_round_trip(live: Live) -> None:
 
 
 def test_concurrent_identical_uploads_store_one_image(live: Live) -> None:
-    """20 clients send the same bytes for the same model at once, across gunicorn's workers and
-    threads: one record, one blob, and every client is told the same image_id.
+    """100 clients send the same bytes at once, across gunicorn's workers and threads: 50 for the
+    same model and 50 for 50 other models. One blob, 51 records, and the 50 clients of the same
+    model are all told the same image_id (one 201, the rest 200).
     """
-    clients = 20
+    clients = 50
     data = noise_jpeg((300, 250))
     model_id = new_model_id("race")
-    start = Barrier(clients)
+    others = [new_model_id(f"race{n}") for n in range(clients)]
+    start = Barrier(2 * clients)
 
-    def send() -> requests.Response:
+    def send(model: str) -> requests.Response:
         start.wait(TIMEOUT)
-        return upload(live.url, data, model_id)
+        return upload(live.url, data, model, timeout=2 * TIMEOUT)
 
-    with ThreadPoolExecutor(clients) as pool:
-        responses = [f.result(timeout=2 * TIMEOUT) for f in [pool.submit(send) for _ in range(clients)]]
+    with ThreadPoolExecutor(2 * clients) as pool:
+        same = [pool.submit(send, model_id) for _ in range(clients)]
+        spread = [pool.submit(send, model) for model in others]
+        same_model = [f.result(timeout=3 * TIMEOUT) for f in same]
+        other_models = [f.result(timeout=3 * TIMEOUT) for f in spread]
 
-    statuses = sorted(r.status_code for r in responses)
-    assert set(statuses) <= {200, 201}, [r.text for r in responses if r.status_code not in (200, 201)]
-    assert statuses.count(201) == 1
-    assert len({r.json()["image_id"] for r in responses}) == 1
+    for response in same_model + other_models:
+        assert response.status_code in (200, 201), response.text
+    assert sorted(r.status_code for r in same_model) == [200] * (clients - 1) + [201]
+    assert len({r.json()["image_id"] for r in same_model}) == 1
+    assert [r.status_code for r in other_models] == [201] * clients
+    assert [r.json()["model_id"] for r in other_models] == others
+    image_ids = {r.json()["image_id"] for r in same_model + other_models}
+    assert len(image_ids) == clients + 1
 
     name = sha256(data)
+    listed = requests.get(f"{live.url}/images", params={"limit": 1000}, timeout=TIMEOUT).json()
+    assert {image["image_id"] for image in listed if image["sha256"] == name} == image_ids
     if live.mode == "mongo":
-        assert live.mongo_db["images"].count_documents({"sha256": name}) == 1
+        assert live.mongo_db["images"].count_documents({"sha256": name}) == clients + 1
         files = list(live.mongo_db["fs.files"].find({"filename": name}))
         assert len(files) == 1
         chunks = live.mongo_db["fs.chunks"].count_documents({"files_id": files[0]["_id"]})
@@ -329,52 +355,232 @@ def outage_requests(url: str, image_id: str) -> list[Callable[[], requests.Respo
     ]
 
 
+@dataclass
+class Call:
+    """One request of the mixed traffic, and what came of it (`status` None: no answer at all)."""
+
+    kind: str
+    started: float
+    ended: float
+    status: int | None
+    detail: str = ""
+    retry_after: str | None = None
+    model_id: str = ""
+    data: bytes = b""
+    image_id: str = ""  # an upload's new image, or the image a delete removed
+
+
+class MixedTraffic:
+    """A few clients that keep sending reads, uploads and deletes, each on a keep-alive connection,
+    and record every answer. Few enough that, even all on one worker, each has a thread."""
+
+    KINDS = ("list", "metadata", "content", "model image", "upload", "delete")
+
+    def __init__(self, url: str, stored: dict[str, tuple[str, bytes]], clients: int = 3) -> None:
+        self.url, self.stored, self.clients = url, stored, clients  # stored: image_id -> (model, bytes)
+        self.calls: list[Call] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(clients)]
+
+    def __enter__(self) -> "MixedTraffic":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(2 * TIMEOUT)
+
+    def client(self, number: int) -> None:
+        rng, mine = random.Random(number), []
+        with requests.Session() as http:
+            while not self.stop.is_set():
+                kind = rng.choice(self.KINDS)
+                image_id, (model_id, data) = rng.choice(list(self.stored.items()))
+                if kind == "upload":
+                    model_id, data = new_model_id("traffic"), image_bytes("PNG", seed=rng.randrange(10**9))
+                started = time.monotonic()
+                try:
+                    response = self.send(http, kind, image_id, model_id, data, mine)
+                except requests.RequestException as exc:
+                    self.calls.append(Call(kind, started, time.monotonic(), None, repr(exc)))
+                    continue
+                if response is None:
+                    continue
+                call = Call(
+                    kind,
+                    started,
+                    time.monotonic(),
+                    response.status_code,
+                    response.content[:200].decode(errors="replace"),
+                )
+                call.retry_after, call.model_id, call.data = (
+                    response.headers.get("Retry-After"),
+                    model_id,
+                    data,
+                )
+                if kind in ("content", "model image") and response.status_code == 200:
+                    call.detail = "whole" if response.content == data else "partial or other bytes"
+                if kind == "upload" and response.status_code == 201:
+                    call.image_id = response.json()["image_id"]
+                    mine.append(call.image_id)
+                if kind == "delete":
+                    call.image_id = response.url.rsplit("/", 1)[1]
+                    if response.status_code != 204:
+                        mine.append(call.image_id)  # still there: it may be deleted later
+                self.calls.append(call)
+
+    def send(
+        self, http: requests.Session, kind: str, image_id: str, model_id: str, data: bytes, mine: list[str]
+    ) -> requests.Response | None:
+        if kind == "list":
+            return http.get(f"{self.url}/images", params={"limit": 20}, timeout=TIMEOUT)
+        if kind == "metadata":
+            return http.get(f"{self.url}/images/{image_id}", timeout=TIMEOUT)
+        if kind == "content":
+            return http.get(f"{self.url}/images/{image_id}/content", timeout=TIMEOUT)
+        if kind == "model image":
+            return http.get(f"{self.url}/image/{model_id}", timeout=TIMEOUT)
+        if kind == "upload":
+            return upload(self.url, data, model_id, http=http)
+        if not mine:
+            return None
+        return http.delete(f"{self.url}/images/{mine.pop()}", timeout=TIMEOUT)
+
+
+def check_outage(calls: list[Call], down: float, up: float, recovered: float) -> Counter:
+    """Every call was answered in time and never with a 5xx other than 503; calls made while the
+    database was down got a 503 with Retry-After (or, for a read, the right bytes from a cache);
+    calls made after the recovery succeeded. Returns the count of each outcome."""
+    outcomes: Counter = Counter()
+    # A write that the database's going cut off may have happened all the same: a delete answered
+    # 503 may find its image gone when it is sent again.
+    unsure = {call.image_id for call in calls if call.kind == "delete" and call.status == 503}
+    for call in calls:
+        label = f"{call.kind} {call.status} {call.detail}"
+        assert call.status is not None, label
+        assert call.ended - call.started < OUTAGE_DEADLINE, (label, call.ended - call.started)
+        assert call.status < 500 or call.status == 503, label
+        if call.status == 503:
+            assert call.retry_after and int(call.retry_after) > 0, label
+            assert '"storage_unavailable"' in call.detail, label
+        if call.status == 200 and call.kind in ("content", "model image"):
+            assert call.detail == "whole", label
+        if down + 0.5 < call.started and call.ended < up:
+            phase = "down"
+            reads = ("list", "metadata", "content", "model image")
+            assert call.status == 503 or (call.kind in reads and call.status == 200), label
+        elif call.started > recovered:
+            phase = "after"
+            assert call.status in (200, 201, 204) or (call.status == 404 and call.image_id in unsure), label
+        else:
+            phase = "until it stopped" if call.ended < down else "around a change"
+        outcomes[f"{phase}: {call.status}"] += 1
+    return outcomes
+
+
 @pytest.mark.slow
 def test_mongo_outage_gives_503_then_recovers(tmp_path: Path, ferretdb_bin: Path) -> None:
-    """MongoDB stops under a running service, then comes back on the same port and data: the
-    service answers 503 meanwhile and recovers by itself, with nothing lost.
+    """MongoDB stops under a running service and mixed traffic, then comes back on the same port
+    and data. Meanwhile every request is answered within 5 s (the default MONGO_TIMEOUT_MS): 503
+    with Retry-After (or a read from a worker's cache); /readyz answers 503 and /healthz 200. Then
+    the service recovers by itself, nothing is lost, and nothing is half-written: every upload that
+    got a 2xx reads back whole, one that got a 503 left no image or a whole one, and fsck finds
+    only orphans that it may reclaim (an aborted GridFS write cannot be cleaned up while the
+    database is down), and nothing after --repair.
     """
     port = servers.free_port()
     ferret_dir = tmp_path / "ferretdb"
     with ExitStack() as stack:
         first_run = stack.enter_context(ExitStack())
         uri = first_run.enter_context(servers.ferretdb(ferretdb_bin, ferret_dir, port=port))
-        env = {
-            **UNTHROTTLED,
-            "MONGO_URI": uri,
-            "MONGO_DB": "outage",
-            "MONGO_TIMEOUT_MS": "1000",
-            "DATA_DIR": str(tmp_path / "service"),
-        }
+        env = {**UNTHROTTLED, "MONGO_URI": uri, "MONGO_DB": "outage", "DATA_DIR": str(tmp_path / "service")}
         url = stack.enter_context(servers.service(env, tmp_path / "service.log"))
-        created = upload(url, image_bytes("JPEG", seed=3), new_model_id("outage"))
-        assert created.status_code == 201, created.text
-        image_id = created.json()["image_id"]
+        stored = {}
+        for seed in range(3):
+            data, model_id = image_bytes("JPEG", seed=seed), new_model_id("outage")
+            created = upload(url, data, model_id)
+            assert created.status_code == 201, created.text
+            stored[created.json()["image_id"]] = (model_id, data)
+        image_id = next(iter(stored))
 
-        first_run.close()  # MongoDB goes away
-        for call in outage_requests(url, image_id):
-            assert_unavailable(call)
+        with MixedTraffic(url, stored) as traffic:
+            time.sleep(2)
+            first_run.close()  # MongoDB goes away
+            down = time.monotonic()
+            assert requests.get(f"{url}/healthz", timeout=1).status_code == 200
+            assert_unavailable(lambda: requests.get(f"{url}/readyz", timeout=TIMEOUT))
+            for call in outage_requests(url, image_id):
+                assert_unavailable(call)
+            assert requests.get(f"{url}/healthz", timeout=1).status_code == 200
 
-        stack.enter_context(servers.ferretdb(ferretdb_bin, ferret_dir, port=port))
-        servers.wait_until(
-            lambda: requests.get(f"{url}/images", timeout=TIMEOUT).status_code == 200, 20, "recovery"
-        )
-        listed = requests.get(f"{url}/images", timeout=TIMEOUT).json()
-        assert image_id in [image["image_id"] for image in listed]
-        content = requests.get(f"{url}/images/{image_id}/content", timeout=TIMEOUT)
-        assert content.status_code == 200
-        assert content.content == image_bytes("JPEG", seed=3)
+            up = time.monotonic()
+            stack.enter_context(servers.ferretdb(ferretdb_bin, ferret_dir, port=port))
+            servers.wait_until(
+                lambda: requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code == 200, 20, "recovery"
+            )
+            recovered = time.monotonic()
+            time.sleep(2)
+        outcomes = check_outage(traffic.calls, down, up, recovered)
+        assert outcomes["down: 503"] and outcomes["after: 200"], outcomes
+
+        for call in traffic.calls:
+            if call.kind == "upload" and call.status != 201:
+                images = requests.get(f"{url}/images", params={"model_id": call.model_id}, timeout=TIMEOUT)
+                for image in images.json():  # stored just before the database went: whole
+                    assert requests.get(image["url"], timeout=TIMEOUT).content == call.data
+        deletes = {c.image_id: c.status for c in traffic.calls if c.kind == "delete" and c.status != 404}
+        answered = {c.image_id: c.data for c in traffic.calls if c.kind == "upload" and c.status == 201}
+        kept = {image_id: data for image_id, (_, data) in stored.items()}
+        for image_id, data in (kept | answered).items():
+            content = requests.get(f"{url}/images/{image_id}/content", timeout=TIMEOUT)
+            whole = content.status_code == 200 and content.content == data
+            gone = content.status_code == 404
+            # Deleted (204): gone; a delete cut off (503) may have happened or not; else: whole.
+            assert {204: gone, 503: gone or whole}.get(deletes.get(image_id), whole), image_id
+        repaired = fsck_repairs(env)
+    print(f"\nMongoDB outage: {dict(outcomes)}; fsck reclaimed {repaired}")
 
 
-def test_service_starts_while_mongo_is_unreachable(tmp_path: Path) -> None:
-    """A service started before its MongoDB must come up and answer 503, not hang or crash-loop."""
+def fsck_repairs(env: dict[str, str]) -> dict[str, int]:
+    """Runs fsck --repair over orphans of any age: only what it may reclaim, then nothing."""
+    report = servers.fsck(env, "--repair")
+    assert {p["kind"] for p in report["problems"]} <= servers.RECLAIMABLE, report["problems"]
+    assert report["clean"], report
+    again = servers.fsck(env)
+    assert again["problems"] == [] and again["clean"], again
+    return dict(Counter(p["kind"] for p in report["problems"]))
+
+
+def test_service_starts_while_mongo_is_unreachable(tmp_path: Path, ferretdb_bin: Path) -> None:
+    """A service started before its MongoDB must come up and answer 503, not hang or crash-loop,
+    with /readyz 503 and /healthz 200; once MongoDB is there, everything works without a restart."""
+    port = servers.free_port()
     env = {
         **UNTHROTTLED,
-        "MONGO_URI": f"mongodb://127.0.0.1:{servers.free_port()}/",
+        "MONGO_URI": f"mongodb://127.0.0.1:{port}/",
         "MONGO_DB": "unreachable",
-        "MONGO_TIMEOUT_MS": "1000",
+        "MONGO_TIMEOUT_MS": "1000",  # quick: the default's 5 s answers are checked by the outage above
         "DATA_DIR": str(tmp_path / "service"),
     }
     with servers.service(env, tmp_path / "service.log") as url:
+        assert requests.get(f"{url}/healthz", timeout=1).status_code == 200
+        assert_unavailable(lambda: requests.get(f"{url}/readyz", timeout=TIMEOUT))
         for call in outage_requests(url, "0" * 24):
             assert_unavailable(call)
+
+        with servers.ferretdb(ferretdb_bin, tmp_path / "ferretdb", port=port):
+            servers.wait_until(
+                lambda: requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code == 200, 20, "MongoDB"
+            )
+            data, model_id = image_bytes("PNG", seed=8), new_model_id("late")
+            created = upload(url, data, model_id)
+            assert created.status_code == 201, created.text
+            assert requests.get(f"{url}/image/{model_id}", timeout=TIMEOUT).content == data
+            listed = requests.get(f"{url}/images", timeout=TIMEOUT).json()
+            assert [image["image_id"] for image in listed] == [created.json()["image_id"]]
+            assert (
+                requests.delete(f"{url}/images/{created.json()['image_id']}", timeout=TIMEOUT).status_code
+                == 204
+            )

@@ -1,0 +1,577 @@
+"""Fault scenarios against the real service process (gunicorn), in both storage modes where the fault
+applies: processes killed mid-upload, a full disk, reads racing writes and deletes, slow clients.
+
+The database outages are in tests/test_server.py (`test_mongo_outage_*`, `test_service_starts_*`),
+with the other live-server tests, and so are concurrent identical uploads.
+"""
+
+import hashlib
+import io
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import pymongo
+import pytest
+import requests
+from PIL import Image
+
+from imageservice.pacing import ClientTooSlow, PacedSocket
+from tests import servers, test_server
+from tests.conftest import MODES
+from tests.corpus import BOUNDARY, Part, multipart
+from tests.samples import image_bytes, noise_jpeg
+from tests.test_server import TIMEOUT, UNTHROTTLED, Live, new_model_id, sha256, store_env, upload
+
+live = test_server.live  # the fixture: one service per mode, this module's own
+
+
+def assert_only_reclaimable(report: dict) -> None:
+    """What an interrupted write leaves is an orphan that fsck may delete, never a record without
+    its bytes or bytes that differ from their record."""
+    kinds = Counter(problem["kind"] for problem in report["problems"])
+    assert set(kinds) <= servers.RECLAIMABLE, report["problems"]
+    assert all(problem["repairable"] for problem in report["problems"])
+
+
+def stream_sha256(url: str) -> tuple[int, str, int]:
+    """Status, sha256 and length of a body, streamed so that 100 MB never sits in memory."""
+    digest, length = hashlib.sha256(), 0
+    with requests.get(url, stream=True, timeout=TIMEOUT) as response:
+        for chunk in response.iter_content(1024 * 1024):
+            digest.update(chunk)
+            length += len(chunk)
+        return response.status_code, digest.hexdigest(), length
+
+
+# --- kill -9 during 100 MB uploads ---------------------------------------------------------------
+
+KILLS = 20
+BIG_UPLOAD_MB = 100
+# FerretDB's SQLite handler scans the whole of fs.chunks for every query on it (its explain says
+# SCAN, filterPushdown false), so 20 rounds of 100 MB, with their checks, reads and fsck runs, would
+# take over five minutes there. Against FerretDB, Mongo mode uploads this much instead; against a
+# real MongoDB (MONGO_TEST_URI), 100 MB like embedded mode.
+FERRETDB_UPLOAD_MB = 20
+FSCK_EVERY = 5  # rounds; and once at the end
+
+
+@cache
+def big_jpeg(megabytes: int) -> bytes:
+    """A noise JPEG (4:4:4 at quality 100, about 4.1 bytes a pixel) of a little over `megabytes`
+    MB, which decodes cheaply (DCT scaling)."""
+    side = int((megabytes * 1000 * 1000 / 4.0) ** 0.5)
+    im = Image.frombytes("RGB", (side, side), random.Random(8).randbytes(side * side * 3))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=100, subsampling=0)
+    assert len(buf.getvalue()) > megabytes * 1000 * 1000
+    return buf.getvalue()
+
+
+def is_ferretdb(uri: str) -> bool:
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+        return "ferretdbVersion" in client.admin.command("buildInfo")
+
+
+def variant(data: bytes, token: str) -> bytes:
+    """The same JPEG with a comment (COM segment) after SOI: other bytes, so another blob to write."""
+    comment = token.encode()
+    return data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
+
+
+@dataclass
+class Attempt:
+    """An upload sent from a thread of its own, so that the server can be killed under it."""
+
+    model_id: str
+    data: bytes
+    response: requests.Response | None = None
+    error: Exception | None = None
+    thread: threading.Thread = field(init=False)
+
+    def start(self, url: str) -> None:
+        def send() -> None:
+            try:
+                self.response = upload(url, self.data, self.model_id, timeout=120)
+            except requests.RequestException as exc:  # the connection died with the process
+                self.error = exc
+
+        self.thread = threading.Thread(target=send, daemon=True)
+        self.thread.start()
+
+
+def busiest_worker(served: servers.Served, before: dict[int, float]) -> int:
+    """The worker that used the most CPU since `before`: the one writing an upload, most likely."""
+    workers = served.workers()
+    return max(workers, key=lambda pid: servers.cpu_seconds([pid]) - before.get(pid, 0.0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_kill_9_during_100_mb_uploads_keeps_every_answered_upload(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """kill -9 of the worker writing a 100 MB upload (three times in four) or of the whole server
+    (master and workers at once, then a restart on the same data), at a random moment, 20 times.
+
+    After each kill, an upload that got a 2xx reads back byte-identical, and one that did not is
+    either wholly stored (its record was written before the kill) or not stored at all. Every few
+    rounds, and at the end, fsck finds only orphans that it may reclaim, and after --repair nothing.
+    Each round's image is deleted after its check, so that the store stays small for FerretDB (see
+    FERRETDB_UPLOAD_MB); GRIDFS_PURGE_DELAY=0 lets those deletes free the chunks at once.
+    """
+    megabytes = BIG_UPLOAD_MB
+    if mode == "mongo" and is_ferretdb(request.getfixturevalue("mongo_uri")):
+        megabytes = FERRETDB_UPLOAD_MB
+    data = big_jpeg(megabytes)
+    rng = random.Random(f"kill-9-{mode}")
+    outcomes: Counter[str] = Counter()
+    found: Counter[str] = Counter()
+    log = tmp_path / "service.log"
+    with ExitStack() as stack:
+        env, _ = stack.enter_context(store_env(request, mode, tmp_path / "data"))
+        env.update(MAX_UPLOAD_MB=str(BIG_UPLOAD_MB + 10), GRIDFS_PURGE_DELAY="0")
+        port = servers.free_port()
+        service = ExitStack()
+        stack.callback(lambda: service.close())
+        served = service.enter_context(servers.served(env, log, port=port))
+
+        started = time.monotonic()
+        calibration = upload(served.url, variant(data, "calibration"), new_model_id("kill"), timeout=120)
+        assert calibration.status_code == 201, calibration.text
+        duration = time.monotonic() - started
+
+        for round_number in range(KILLS):
+            attempt = Attempt(new_model_id(f"kill{round_number}"), variant(data, str(round_number)))
+            before = {pid: servers.cpu_seconds([pid]) for pid in served.workers()}
+            attempt.start(served.url)
+            time.sleep(rng.uniform(0.1, duration * 1.5))  # mostly mid-upload, sometimes after it
+            whole_server = round_number % 4 == 3
+            victims = served.pids() if whole_server else [busiest_worker(served, before)]
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            attempt.thread.join(150)
+            assert not attempt.thread.is_alive(), "an upload hung after the kill"
+            if whole_server:
+                service.close()
+                service = ExitStack()
+                served = service.enter_context(servers.served(env, log, port=port))
+            outcomes["server kills" if whole_server else "worker kills"] += 1
+            outcomes[check_attempt(served.url, attempt)] += 1
+            if round_number % FSCK_EVERY == FSCK_EVERY - 1:
+                report = servers.fsck(env, "--deep", "--repair")
+                assert_only_reclaimable(report)
+                found.update(problem["kind"] for problem in report["problems"])
+                assert report["clean"], report
+
+        report = servers.fsck(env, "--deep", "--repair")
+        assert_only_reclaimable(report)
+        found.update(problem["kind"] for problem in report["problems"])
+        final = servers.fsck(env, "--deep")
+        assert final["clean"] and final["problems"] == [], final
+        assert final["left_alone"] == 0
+    size = f"{len(data) / 1e6:.0f} MB"
+    print(f"\nkill -9 ({mode}, {size} uploads): {dict(outcomes)}; fsck reclaimed {dict(found)}")
+    assert outcomes["answered"] > 0, outcomes  # some uploads must have finished, or nothing was tested
+
+
+def check_attempt(url: str, attempt: Attempt) -> str:
+    """Checks one upload after the kill and deletes what it stored; says what became of it."""
+    response = attempt.response
+    if response is not None:
+        assert response.status_code in (200, 201), response.text
+    listing = requests.get(f"{url}/images", params={"model_id": attempt.model_id}, timeout=TIMEOUT)
+    assert listing.status_code == 200, listing.text
+    images = listing.json()
+    assert len(images) <= 1, images
+    if response is not None:
+        assert [image["image_id"] for image in images] == [response.json()["image_id"]]
+    for image in images:  # answered, or stored just before the kill: either way, whole
+        status, digest, length = stream_sha256(image["url"])
+        assert (status, digest, length) == (200, sha256(attempt.data), len(attempt.data))
+        assert requests.delete(f"{url}/images/{image['image_id']}", timeout=TIMEOUT).status_code == 204
+    if response is not None:
+        return "answered"
+    return "stored, answer lost" if images else "not stored"
+
+
+# --- A full disk (embedded mode) -------------------------------------------------------------------
+
+
+@contextmanager
+def small_filesystem(path: Path, megabytes: int) -> Iterator[Path]:
+    """A filesystem of `megabytes` MB mounted at `path`: a tmpfs, or else an ext4 image on a loop
+    device. Mounting needs root (CAP_SYS_ADMIN); without it the test is skipped, saying why."""
+    path.mkdir()
+    tmpfs = ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0755", "tmpfs", str(path)]
+    mounted = subprocess.run(tmpfs, capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        image = path.with_suffix(".img")
+        with open(image, "wb") as file:
+            file.truncate(megabytes * 1024 * 1024)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, check=False)
+        loop = subprocess.run(["mount", "-o", "loop", str(image), str(path)], capture_output=True, text=True)
+        if loop.returncode != 0:
+            tried = f"tmpfs: {mounted.stderr.strip()}; loop device: {loop.stderr.strip()}"
+            pytest.skip(f"cannot mount a small filesystem ({tried})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], capture_output=True, check=False)
+
+
+def fill(path: Path, filler: Path, leave: int) -> None:
+    """Grows or shrinks `filler` so that `leave` bytes stay free on `path`'s filesystem."""
+    stat = os.statvfs(path)
+    free = stat.f_bavail * stat.f_frsize
+    size = max(0, (filler.stat().st_size if filler.exists() else 0) + free - leave)
+    with open(filler, "ab") as file:
+        file.truncate(0)
+        chunk = bytes(1024 * 1024)
+        while size > 0:
+            written = file.write(chunk[: min(size, len(chunk))])
+            size -= written
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def disk_state(data_dir: Path, url: str) -> tuple[list[str], list[str]]:
+    """Records (through the API) and every file under the blobs and the upload spool."""
+    records = [image["image_id"] for image in requests.get(f"{url}/images", timeout=TIMEOUT).json()]
+    files = [
+        str(p.relative_to(data_dir))
+        for d in ("blobs", "tmp")
+        for p in (data_dir / d).rglob("*")
+        if p.is_file()
+    ]
+    return sorted(records), sorted(files)
+
+
+def test_a_full_disk_gets_507_keeps_reads_and_recovers(tmp_path: Path) -> None:
+    """Embedded mode on a small filesystem, filled so that only a little room is left, at several
+    amounts: every upload gets 201 (it fitted) or a JSON 507 that leaves nothing behind; stored
+    images read back throughout; once room is freed, uploads work again, and fsck finds nothing."""
+    with ExitStack() as stack:
+        data_dir = stack.enter_context(small_filesystem(tmp_path / "data", 48))
+        env = {**UNTHROTTLED, "DATA_DIR": str(data_dir)}
+        served = stack.enter_context(servers.served(env, tmp_path / "service.log"))
+        kept = {}
+        for seed in range(3):
+            data = image_bytes("PNG", (300, 200), seed=seed)
+            response = upload(served.url, data, "kept")
+            assert response.status_code == 201, response.text
+            kept[response.json()["image_id"]] = data
+
+        filler = data_dir / "filler"
+        payloads = {
+            "small": image_bytes("PNG", (120, 90), seed=10),  # in memory, then a blob file
+            "1 MB": noise_jpeg((700, 500)),  # spooled to disk (over 1 MB?) or not, then a blob
+            "3 MB": noise_jpeg((1300, 900)),  # spooled to DATA_DIR/tmp, then a blob
+        }
+        statuses: Counter[int] = Counter()
+        for leave in (0, 8 * 1024, 64 * 1024, 512 * 1024, 2 * 1024 * 1024, 5 * 1024 * 1024):
+            fill(data_dir, filler, leave)
+            for name, data in payloads.items():
+                before = disk_state(data_dir, served.url)
+                response = upload(served.url, data, f"full-{leave}-{name.replace(' ', '')}")
+                statuses[response.status_code] += 1
+                assert response.status_code in (201, 507), (leave, name, response.text)
+                if response.status_code == 507:
+                    assert response.headers["Content-Type"] == "application/json"
+                    assert response.json()["error"] == "insufficient_storage"
+                    assert "out of space" in response.json()["detail"]
+                    # At once: a spool file left to the garbage collector would keep the disk full.
+                    assert disk_state(data_dir, served.url) == before, (leave, name)
+                else:  # it fitted
+                    image_url = f"{served.url}/images/{response.json()['image_id']}"
+                    assert requests.get(f"{image_url}/content", timeout=TIMEOUT).content == data
+                    assert requests.delete(image_url, timeout=TIMEOUT).status_code == 204
+                for image_id, data in kept.items():
+                    content = requests.get(f"{served.url}/images/{image_id}/content", timeout=TIMEOUT)
+                    assert (content.status_code, content.content) == (200, data)
+        assert statuses[507] >= 3, statuses
+
+        filler.unlink()
+        again = upload(served.url, payloads["3 MB"], "after")
+        assert again.status_code == 201, again.text
+        assert requests.get(again.json()["url"], timeout=TIMEOUT).content == payloads["3 MB"]
+        report = servers.fsck(env)
+        assert report["clean"] and report["problems"] == [], report
+    print(f"\ndisk full: {dict(statuses)}")
+
+
+# --- Reads racing writes and deletes -------------------------------------------------------------
+
+
+@dataclass
+class Readers:
+    """Threads that GET `urls` over and over until stopped, and judge each answer: the whole image
+    (`data`), or a JSON 404 before it exists and after its delete; anything else is a failure."""
+
+    urls: list[str]
+    data: bytes
+    seen: Counter = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with requests.Session() as http:
+            while not self.stop.is_set():
+                for url in self.urls:
+                    try:
+                        response = http.get(url, timeout=TIMEOUT)
+                    except requests.RequestException as exc:
+                        self.failures.append(f"{url}: {exc!r}")
+                        continue
+                    if response.status_code == 404 and response.json()["error"] == "not_found":
+                        self.seen["nothing"] += 1
+                    elif response.status_code == 200 and response.content == self.data:
+                        self.seen["whole"] += 1
+                    else:
+                        self.failures.append(f"{url}: {response.status_code}, {len(response.content)} bytes")
+
+    @contextmanager
+    def running(self, threads: int = 4) -> Iterator["Readers"]:
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in range(threads):
+                pool.submit(self.run)
+            try:
+                yield self
+            finally:
+                self.stop.set()
+
+
+def test_a_read_sees_nothing_or_the_whole_image_while_it_is_written(live: Live) -> None:
+    data = noise_jpeg((1600, 1200))  # a few MB: spooled, and many GridFS chunks
+    model_id = new_model_id("written")
+    readers = Readers([f"{live.url}/image/{model_id}"], data)
+    with readers.running():
+        time.sleep(0.2)
+        created = upload(live.url, data, model_id)
+        assert created.status_code == 201, created.text
+        time.sleep(0.5)
+    assert readers.failures == []
+    assert readers.seen["nothing"] and readers.seen["whole"], readers.seen
+    requests.delete(f"{live.url}/images/{created.json()['image_id']}", timeout=TIMEOUT)
+
+
+def test_reads_racing_a_delete_get_the_whole_image_or_a_404(live: Live) -> None:
+    """Over 256 KB, so that no worker keeps the bytes in memory (images/hotcache.py): each read
+    opens the blob, which the delete may have removed a moment before."""
+    seen: Counter = Counter()
+    for cycle in range(10):
+        data = image_bytes("PNG", (400, 300), seed=cycle, compress_level=0)
+        model_id = new_model_id("deleted")
+        created = upload(live.url, data, model_id)
+        assert created.status_code == 201, created.text
+        image_id = created.json()["image_id"]
+        readers = Readers([f"{live.url}/images/{image_id}/content", f"{live.url}/image/{model_id}"], data)
+        with readers.running():
+            time.sleep(0.1)
+            assert requests.delete(f"{live.url}/images/{image_id}", timeout=TIMEOUT).status_code == 204
+            time.sleep(0.3)
+        assert readers.failures == [], readers.failures[:5]
+        seen.update(readers.seen)
+    assert seen["whole"] and seen["nothing"], seen
+
+
+def test_deleting_an_image_breaks_no_download_that_has_started(live: Live) -> None:
+    """Downloads that have their first bytes when the image is deleted still get all of it: a file
+    on disk keeps its bytes while it is open, and GridFS keeps a deleted blob's chunks for a while
+    (GRIDFS_PURGE_DELAY). New requests get 404 once the delete is done."""
+    data = noise_jpeg((2600, 2000))  # more than the socket buffers hold, so the server is mid-body
+    created = upload(live.url, data, new_model_id("downloads"))
+    assert created.status_code == 201, created.text
+    url = created.json()["url"]
+    # Each paused download holds a thread: three, with the delete, fit in one worker's four threads.
+    downloads = 3
+    started, deleted = threading.Barrier(downloads + 1), threading.Event()
+
+    def download() -> bytes:
+        with requests.get(url, stream=True, timeout=TIMEOUT) as response:
+            assert response.status_code == 200
+            chunks = response.iter_content(64 * 1024)
+            body = next(chunks)
+            started.wait(TIMEOUT)
+            deleted.wait(TIMEOUT)
+            return body + b"".join(chunks)
+
+    with ThreadPoolExecutor(downloads) as pool:
+        futures = [pool.submit(download) for _ in range(downloads)]
+        started.wait(TIMEOUT)
+        assert (
+            requests.delete(created.json()["url"].removesuffix("/content"), timeout=TIMEOUT).status_code
+            == 204
+        )
+        deleted.set()
+        bodies = [future.result(TIMEOUT) for future in futures]
+    assert all(body == data for body in bodies), [len(body) for body in bodies]
+    servers.wait_until(lambda: requests.get(url, timeout=TIMEOUT).status_code == 404, 10, "the delete")
+
+
+# --- Slow clients ----------------------------------------------------------------------------------
+
+SLOWLORIS = 20
+SLOW_UPLOADS = 3
+CLIENT_TIMEOUT = 10  # seconds: the service's default (CLIENT_TIMEOUT); MIN_UPLOAD_RATE_KB is 4
+
+
+def p99(latencies: list[float]) -> float:
+    return statistics.quantiles(latencies, n=100)[98]
+
+
+def normal_client(urls: list[str], seconds: float) -> list[float]:
+    """One client on a keep-alive connection, one request at a time, for `seconds`: the latencies."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    with requests.Session() as http:
+        while time.monotonic() < deadline:
+            for url in urls:
+                started = time.perf_counter()
+                response = http.get(url, timeout=TIMEOUT)
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+    return latencies
+
+
+def until_closed(
+    sock: socket.socket, trickle: Iterator[bytes], interval: float, limit: float
+) -> tuple[str, float]:
+    """Sends `trickle` a piece every `interval` seconds until the server answers or closes the
+    connection (or `limit` seconds pass); returns how it ended and when."""
+    started = time.monotonic()
+    sock.setblocking(False)
+    while time.monotonic() - started < limit:
+        try:
+            answer = sock.recv(4096)
+            return ("408" if b" 408 " in answer.split(b"\r\n")[0] else "closed"), time.monotonic() - started
+        except BlockingIOError:
+            pass
+        except OSError:
+            return "reset", time.monotonic() - started
+        piece = next(trickle, b"")
+        if piece:
+            try:
+                sock.send(piece)
+            except OSError:
+                return "reset", time.monotonic() - started
+        time.sleep(interval)
+    return "still open", time.monotonic() - started
+
+
+def slowloris(address: tuple[str, int], index: int) -> tuple[str, float]:
+    """Half of them open a connection and send nothing; the others send a header line a second."""
+    with socket.create_connection(address) as sock:
+        if index % 2:
+            lines = (f"X-Slow-{n}: {'y' * 20}\r\n".encode() for n in range(1000))
+            head = iter([b"GET /images HTTP/1.1\r\nHost: 127.0.0.1\r\n", *lines])
+        else:
+            head = iter([])
+        return until_closed(sock, head, 1.0, CLIENT_TIMEOUT + 10)
+
+
+def slow_upload(address: tuple[str, int], index: int) -> tuple[str, float]:
+    """A real upload of 100 KB, sent at 1 KB/s."""
+    data = image_bytes("PNG", (200, 160), seed=100 + index, compress_level=0)
+    body = multipart([Part("model_id", f"slow-{index}".encode()), Part("file", data, b"slow.png")])
+    head = (
+        "POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    pieces = iter([head.encode()] + [body[i : i + 1024] for i in range(0, len(body), 1024)])
+    with socket.create_connection(address) as sock:
+        return until_closed(sock, pieces, 1.0, CLIENT_TIMEOUT * 3)
+
+
+@pytest.mark.slow
+def test_slow_clients_are_cut_off_without_slowing_anyone_else(tmp_path: Path) -> None:
+    """Twenty slowloris connections (silent, or a header line a second) and uploads at 1 KB/s, on
+    the default two workers of four threads: a normal client's p99 stays within twice its
+    baseline, the slow ones are cut off by the timeouts, and nothing of theirs is stored."""
+    env = {**UNTHROTTLED, "DATA_DIR": str(tmp_path / "data")}
+    with servers.served(env, tmp_path / "service.log") as served:
+        created = upload(served.url, image_bytes("JPEG", (320, 240)), new_model_id("normal"))
+        assert created.status_code == 201, created.text
+        urls = [
+            created.json()["url"],
+            created.json()["url"].removesuffix("/content"),
+            f"{served.url}/images?limit=5",
+        ]
+        normal_client(urls, 1)  # warm up: connections, caches
+        baseline_before = normal_client(urls, CLIENT_TIMEOUT - 2)
+
+        host, port = served.url.removeprefix("http://").split(":")
+        address = (host, int(port))
+        with ThreadPoolExecutor(SLOWLORIS + SLOW_UPLOADS) as pool:
+            lorises = [pool.submit(slowloris, address, i) for i in range(SLOWLORIS)]
+            uploads = [pool.submit(slow_upload, address, i) for i in range(SLOW_UPLOADS)]
+            time.sleep(1)
+            attacked = normal_client(urls, CLIENT_TIMEOUT - 2)  # all of them are connected meanwhile
+            cut_lorises = [future.result() for future in lorises]
+            cut_uploads = [future.result() for future in uploads]
+        # The machine may be busy with other work: the baseline is taken on both sides of the attack.
+        baseline_after = normal_client(urls, CLIENT_TIMEOUT - 2)
+
+        baseline = max(p99(baseline_before), p99(baseline_after))
+        lorises_cut, uploads_cut = max(t for _, t in cut_lorises), max(t for _, t in cut_uploads)
+        runs = {"before": baseline_before, "after": baseline_after, "attacked": attacked}
+        ms = {name: f"{p99(run) * 1000:.1f} ms ({len(run)} requests)" for name, run in runs.items()}
+        print(
+            f"\nslow clients: p99 alone {ms['before']} before and {ms['after']} after; {ms['attacked']} "
+            f"beside {SLOWLORIS} slowloris and {SLOW_UPLOADS} uploads at 1 KB/s; "
+            f"slowloris cut after {lorises_cut:.1f} s at most, uploads after {uploads_cut:.1f} s: "
+            f"{Counter(how for how, _ in cut_uploads)}"
+        )
+        assert p99(attacked) <= 2 * baseline
+        for how, after in cut_lorises:
+            assert how in ("closed", "408", "reset") and after < CLIENT_TIMEOUT + 2.5, (how, after)
+        for how, after in cut_uploads:
+            # After 10 s of grace, 4 KiB/s on average: 1 KB/s falls behind at about 13 s.
+            assert how == "408" and after < CLIENT_TIMEOUT * 1.5 + 2.5, (how, after)
+        listing = requests.get(f"{served.url}/images", timeout=TIMEOUT).json()
+        assert [image["image_id"] for image in listing] == [created.json()["image_id"]]
+        spool = tmp_path / "data" / "tmp"
+        assert list(spool.iterdir()) == []
+
+
+def test_a_paced_socket_lets_a_steady_client_through_and_cuts_off_a_slow_one() -> None:
+    """imageservice/pacing.py on a socket pair: 0.2 s of grace, then 1 KB/s at least."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        paced = PacedSocket(ours, timeout=0.2, min_rate=1000, write_timeout=None)
+        theirs.sendall(b"x" * 5000)
+        assert len(paced.recv(10_000)) == 5000  # credit for 5 more seconds
+        with pytest.raises(ClientTooSlow, match="nothing for"):
+            paced.recv(10)  # but no pause may last longer than 0.2 s
+        paced.restart()
+        time.sleep(0.25)  # the grace is spent, and nothing has come
+        with pytest.raises(ClientTooSlow, match="below"):
+            paced.recv(10)
+        assert ours.gettimeout() is None  # back to the write timeout
+
+
+def test_slow_heads_and_bodies_get_408_with_short_timeouts(tmp_path: Path) -> None:
+    """The worker's limits, quickly (the slow test above runs the defaults): with CLIENT_TIMEOUT=1,
+    a head that is still coming after 1 s, and a body at 1 KB/s, get 408; others are served."""
+    env = {**UNTHROTTLED, "DATA_DIR": str(tmp_path / "data"), "CLIENT_TIMEOUT": "1"}
+    with servers.served(env, tmp_path / "service.log", workers=1) as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        with ThreadPoolExecutor(2) as pool:
+            head = pool.submit(slowloris, (host, int(port)), 1)
+            body = pool.submit(slow_upload, (host, int(port)), 0)
+            assert requests.get(f"{served.url}/images", timeout=TIMEOUT).status_code == 200
+            assert head.result()[0] == "408" and head.result()[1] < 3.5, head.result()
+            assert body.result()[0] == "408" and body.result()[1] < 4, body.result()
+        assert requests.get(f"{served.url}/images", timeout=TIMEOUT).json() == []
