@@ -9,9 +9,12 @@ untouched: nothing here or in the callers sets a read preference, read concern o
 the three timeouts below are set, from MONGO_TIMEOUT_MS, and they win over the URI's.
 """
 
+import contextlib
 import os
 import threading
+from contextlib import AbstractContextManager
 
+import pymongo
 from django.conf import settings
 from pymongo import IndexModel, MongoClient
 from pymongo.collection import Collection
@@ -24,6 +27,9 @@ from pymongo.read_preferences import (
     SecondaryPreferred,
     _ServerMode,
 )
+
+# How long clean-up after losing MongoDB may wait for it (see `cleanup_deadline`).
+CLEANUP_SECONDS = 1.0
 
 _lock = threading.Lock()
 _clients: dict[tuple[int, str], MongoClient] = {}
@@ -93,3 +99,13 @@ def ensure_indexes(collection: Collection, indexes: list[IndexModel]) -> None:
             for index in indexes:
                 collection.create_indexes([index])
             _indexed.add(key)
+
+
+def cleanup_deadline(failure: BaseException) -> AbstractContextManager:
+    """How long the clean-up after `failure` may wait for MongoDB: CLEANUP_SECONDS when the failure
+    was losing it, since the clean-up would wait out the whole MONGO_TIMEOUT_MS again, and the client
+    its 503 with it (what it cannot delete is an orphan, which fsck reclaims); otherwise, as long as
+    the clean-up takes."""
+    if isinstance(failure, pymongo.errors.ConnectionFailure):
+        return pymongo.timeout(CLEANUP_SECONDS)
+    return contextlib.nullcontext()

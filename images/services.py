@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.core.files import File
 
-from . import derivatives, hotcache
+from . import derivatives, hotcache, mongo
 from .documents import Documents, DuplicateImage, ImageRecord, get_documents, new_image_id
 from .errors import InvalidRequest, PayloadTooLarge
 from .observability import BYTES_STORED, IMAGES_STORED, timed
@@ -108,8 +108,8 @@ def add_image(
             image_id=image_id,
             uploaded_by=uploaded_by,
         )
-    except BaseException:
-        _undo_quietly(docs, record, inserted)
+    except BaseException as failure:
+        _undo_quietly(docs, record, inserted, failure)
         raise
     hotcache.records.forget(hotcache.scoped("newest", model_id))
     IMAGES_STORED.inc()
@@ -136,11 +136,13 @@ def release_blob(docs: Documents, sha256: str) -> None:
         image_storage().delete(sha256)
 
 
-def _undo_quietly(docs: Documents, record: ImageRecord, inserted: bool) -> None:
-    """Best-effort clean-up after a failed upload; an orphan left here is reclaimable later."""
+def _undo_quietly(docs: Documents, record: ImageRecord, inserted: bool, failure: BaseException) -> None:
+    """Best-effort clean-up after a failed upload; an orphan left here is reclaimable later. Quick
+    when MongoDB was lost, so that the client gets its 503 in time."""
     try:
-        if inserted:
-            docs.delete(record.image_id)  # a no-op where the transaction rolled it back already
-        release_blob(docs, record.sha256)
+        with mongo.cleanup_deadline(failure):
+            if inserted:
+                docs.delete(record.image_id)  # a no-op where the transaction rolled it back already
+            release_blob(docs, record.sha256)
     except Exception:
         log.warning("could not clean up after a failed upload of %s", record.sha256, exc_info=True)

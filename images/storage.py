@@ -29,7 +29,7 @@ from gridfs.errors import CorruptGridFile
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 from pymongo.database import Database
-from pymongo.errors import CursorNotFound, DuplicateKeyError
+from pymongo.errors import CursorNotFound, DuplicateKeyError, PyMongoError
 from pymongo.read_preferences import ReadPreference
 
 from . import mongo
@@ -315,8 +315,9 @@ class GridFSStorage(ContentAddressedMixin, Storage):
             for chunk in content.chunks():
                 stream.write(chunk)
             stream.close()
-        except BaseException:
-            stream.abort()
+        except BaseException as failure:
+            with contextlib.suppress(PyMongoError), mongo.cleanup_deadline(failure):
+                stream.abort()  # what it cannot delete is left to fsck, as orphan chunks
             raise
         # Delete every copy but the lowest `_id`, not just our own: a writer that started earlier (so
         # has a lower `_id`) may finish after us, and it alone then sees both copies.

@@ -28,6 +28,7 @@ import pytest
 import requests
 from PIL import Image
 
+from images import mongo
 from imageservice.pacing import ClientTooSlow, PacedSocket
 from tests import servers, test_server
 from tests.conftest import MODES
@@ -575,3 +576,20 @@ def test_slow_heads_and_bodies_get_408_with_short_timeouts(tmp_path: Path) -> No
             assert head.result()[0] == "408" and head.result()[1] < 3.5, head.result()
             assert body.result()[0] == "408" and body.result()[1] < 4, body.result()
         assert requests.get(f"{served.url}/images", timeout=TIMEOUT).json() == []
+
+
+def test_clean_up_after_losing_mongodb_waits_a_second_at_most() -> None:
+    """An upload that loses MongoDB halfway cleans up what it wrote before answering 503; that clean-up
+    would wait out the whole server-selection timeout again (3 s by default, so 6 s or more in all),
+    and is cut short instead: what it leaves, fsck reclaims."""
+    unreachable = pymongo.MongoClient(
+        f"mongodb://127.0.0.1:{servers.free_port()}/", serverSelectionTimeoutMS=3000
+    )
+    started = time.monotonic()
+    with (
+        pytest.raises(pymongo.errors.ConnectionFailure),
+        mongo.cleanup_deadline(pymongo.errors.AutoReconnect()),
+    ):
+        unreachable["db"]["fs.chunks"].delete_many({})
+    assert time.monotonic() - started < mongo.CLEANUP_SECONDS + 0.5
+    unreachable.close()

@@ -427,8 +427,8 @@ class MixedTraffic:
                     mine.append(call.image_id)
                 if kind == "delete":
                     call.image_id = response.url.rsplit("/", 1)[1]
-                    if response.status_code != 204:
-                        mine.append(call.image_id)  # still there: it may be deleted later
+                    if response.status_code not in (204, 404):
+                        mine.append(call.image_id)  # maybe still there: it is deleted again later
                 self.calls.append(call)
 
     def send(
