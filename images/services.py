@@ -44,7 +44,7 @@ def check_image(file: File) -> tuple[str, ImageInfo]:
         raise InvalidRequest("The file is empty.", code="empty_file")
     if file.size > max_upload_bytes():
         raise PayloadTooLarge(f"The file is larger than {settings.MAX_UPLOAD_MB} MB.")
-    return sha256_of(file), inspect_image(file)
+    return sha256_of(file), inspect_image(file, keep_side=derivatives.BASE_SIDE)
 
 
 def add_image(
@@ -112,6 +112,8 @@ def add_image(
         _undo_quietly(docs, record, inserted, failure)
         raise
     hotcache.records.forget(hotcache.scoped("newest", model_id))
+    with timed("base_save"):
+        derivatives.keep_base(sha256, info.preview)
     IMAGES_STORED.inc()
     BYTES_STORED.inc(record.size)
     return record, True

@@ -7,7 +7,7 @@ import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from django.conf import settings
@@ -31,6 +31,9 @@ class ImageInfo:
     content_type: str
     width: int
     height: int
+    # The pixels that the check decoded, when they are a reduced copy worth keeping (see
+    # `inspect_image`'s keep_side); never compared or printed.
+    preview: Image.Image | None = field(default=None, compare=False, repr=False)
 
     @property
     def extension(self) -> str:
@@ -102,16 +105,29 @@ def opened(file: IO[bytes], formats: list[str]) -> Iterator[Image.Image]:
         ) from exc
 
 
-def inspect_image(file: IO[bytes]) -> ImageInfo:
+def inspect_image(file: IO[bytes], keep_side: int | None = None) -> ImageInfo:
     """Sniffs the type, then decodes the image to prove it is whole (`verify()` checks nothing
     for JPEG). Pillow only tries the sniffed format, so a PostScript file named `.jpg` never
     reaches an EPS decoder.
+
+    A JPEG decodes DCT-scaled, which still reads every coefficient but costs a fraction of a full
+    decode: at 1/8, or, with `keep_side`, at the largest reduction whose long side stays at least
+    `keep_side`, and those reduced pixels come back as `preview`, so nobody decodes them again.
     """
     file.seek(0)
     fmt = sniff_format(file.read(64))
+    preview = None
     with opened(file, [fmt]) as im:
         width, height = im.size
         if fmt == "JPEG":
-            im.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # DCT-scaled decode
+            reduction = dct_reduction(max(width, height), keep_side) if keep_side else 8
+            im.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
         im.load()
-    return ImageInfo(fmt, Image.MIME[fmt], width, height)
+        if keep_side and im.size != (width, height):
+            preview = im.copy()
+    return ImageInfo(fmt, Image.MIME[fmt], width, height, preview)
+
+
+def dct_reduction(side: int, keep_side: int) -> int:
+    """The largest JPEG DCT scaling (8, 4 or 2) that keeps `side` at least `keep_side` long, or 1."""
+    return next((r for r in (8, 4, 2) if side // r >= keep_side), 1)

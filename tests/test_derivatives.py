@@ -1,5 +1,6 @@
 """Derivatives: the rendering itself (every case of issue 4), then the API in both storage modes."""
 
+import errno
 import io
 import struct
 import time
@@ -8,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.http import QueryDict
-from PIL import Image, ImageCms, PngImagePlugin
+from PIL import Image, ImageChops, ImageCms, ImageFilter, ImageStat, PngImagePlugin
 
 from images import derivatives, services
 from images.derivatives import Spec, parse_spec, render
@@ -277,8 +278,8 @@ def stored_image(client, data: bytes, model_id: str = "m1") -> ImageRecord:
 def test_a_derivative_is_made_once_and_kept_in_the_image_storage(store, client, monkeypatch):
     record = stored_image(client, encode(Image.new("RGB", (300, 200), "red"), "JPEG"))
     calls = []
-    real = derivatives.render
-    monkeypatch.setattr(derivatives, "render", lambda *a: calls.append(1) or real(*a))
+    real = derivatives._make
+    monkeypatch.setattr(derivatives, "_make", lambda *a: calls.append(1) or real(*a))
     wanted = spec(128, fmt="webp", quality=80)
     name = derivatives.ensure(record, wanted)
     assert derivatives.ensure(record, wanted) == name == wanted.name(record.sha256)
@@ -292,14 +293,14 @@ def test_a_derivative_is_made_once_and_kept_in_the_image_storage(store, client, 
 def test_identical_requests_at_once_make_it_once(store, client, monkeypatch):
     record = stored_image(client, encode(Image.new("RGB", (600, 400), "blue"), "PNG"))
     calls = []
-    real = derivatives.render
+    real = derivatives._make
 
     def slow_render(*args):
         calls.append(1)
         time.sleep(0.3)  # long enough for every thread to arrive while it is being made
         return real(*args)
 
-    monkeypatch.setattr(derivatives, "render", slow_render)
+    monkeypatch.setattr(derivatives, "_make", slow_render)
     wanted = spec(64, fmt="png")
     with ThreadPoolExecutor(6) as pool:
         names = list(pool.map(lambda _: derivatives.ensure(record, wanted), range(6)))
@@ -321,6 +322,88 @@ def test_derivatives_go_with_the_last_record_of_their_original(store, client):
     services.delete_image(second.image_id)
     assert not [n for n in store.blob_names() if n.startswith(first.sha256)]
     assert len([n for n in store.blob_names() if n.startswith(other.sha256)]) == 3
+
+
+def photo_like(size: tuple[int, int]) -> Image.Image:
+    """Colourful detail, so that a difference between two renderings shows."""
+    return Image.effect_mandelbrot(size, (-2.2, -1.2, 0.8, 1.2), 64).convert("RGB").filter(ImageFilter.DETAIL)
+
+
+def sideways_jpeg() -> bytes:
+    """2560x1280 upright (a blue top-left square), stored turned, with EXIF orientation 6."""
+    upright = photo_like((2560, 1280))
+    upright.paste((0, 0, 255), (0, 0, 320, 320))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif.tobytes(), quality=90)
+
+
+def test_a_large_jpeg_keeps_its_upload_decode_as_an_upright_base(store, client):
+    record = stored_image(client, sideways_jpeg())
+    with store.storage.open(derivatives.base_name(record.sha256)) as made_file:
+        base = Image.open(made_file)
+        base.load()
+    assert base.format == "JPEG" and base.size == (640, 320)  # 1/4: the smallest scale >= 640 px
+    assert not base.getexif() and "icc_profile" not in base.info
+    r, _g, b = base.getpixel((5, 5))
+    assert b > 200 and r < 60
+
+
+@pytest.mark.parametrize(
+    "data",
+    [encode(photo_like((1270, 800)), "JPEG"), encode(photo_like((2600, 1300)), "PNG")],
+    ids=["jpeg-under-1280px", "png"],
+)
+def test_small_jpegs_and_other_formats_get_no_base(store, client, data):
+    record = stored_image(client, data)
+    assert [n for n in store.blob_names() if n.startswith(record.sha256)] == [record.sha256]
+
+
+def test_derivatives_that_only_shrink_the_base_never_read_the_original(store, client):
+    record = stored_image(client, sideways_jpeg())
+    store.storage.delete(record.sha256)  # only the base is left
+    name = derivatives.ensure(record, spec(256, fmt="webp", quality=80))
+    with store.storage.open(name) as made_file:
+        out = Image.open(made_file).convert("RGB")
+    assert out.size == (256, 128)
+    r, _g, b = out.getpixel((5, 5))
+    assert b > 200 and r < 60
+    with pytest.raises(FileNotFoundError):  # larger than the base: made from the original
+        derivatives.ensure(record, spec(1024))
+
+
+def test_a_derivative_from_the_base_matches_one_from_the_original(store, client):
+    data = sideways_jpeg()
+    record = stored_image(client, data)
+    for wanted in (spec(256), spec(512), spec(256, 256, fit="cover"), spec(None, 128)):
+        with store.storage.open(derivatives.ensure(record, wanted)) as made_file:
+            from_base = Image.open(made_file).convert("RGB")
+        direct = made(data, wanted).convert("RGB")
+        assert from_base.size == direct.size, wanted
+        difference = ImageStat.Stat(ImageChops.difference(from_base, direct)).mean
+        assert max(difference) < 4, (wanted, difference)
+    big = derivatives.ensure(record, spec(1024))
+    with store.storage.open(big) as made_file:
+        assert Image.open(made_file).size == (1024, 512)
+
+
+def test_an_upload_whose_base_cannot_be_stored_still_succeeds(store, client, monkeypatch):
+    real_save = type(store.storage).save
+
+    def disk_full_for_bases(self, name, content, max_length=None):
+        if name.endswith("_base.jpg"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, name, content, max_length)
+
+    monkeypatch.setattr(type(store.storage), "save", disk_full_for_bases)
+    data = sideways_jpeg()
+    response = upload(client, data)
+    assert response.status_code == 201, response.content
+    record = get_documents().get(response.json()["image_id"])
+    assert [n for n in store.blob_names() if n.startswith(record.sha256)] == [record.sha256]
+    monkeypatch.undo()
+    with store.storage.open(derivatives.ensure(record, spec(256))) as made_file:
+        assert Image.open(made_file).size == (256, 128)
 
 
 # --- through the API -----------------------------------------------------------------------------
