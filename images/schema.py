@@ -117,6 +117,48 @@ def api_endpoints(endpoints: list, **kwargs) -> list:
     ]
 
 
+def _follow(operation_id: str, **parameters: str) -> dict:
+    return {"operationId": operation_id, "parameters": parameters}
+
+
+IMAGE_ID = "$response.body#/image_id"
+MODEL_ID = "$response.body#/model_id"
+# What a client does next with an image it was answered (OpenAPI links): stateful clients and
+# fuzzers follow these from an upload to reading, listing and deleting what it stored.
+LINKS = {
+    "upload_image": {
+        "GetImage": _follow("get_image", image_id=IMAGE_ID),
+        "GetImageContent": _follow("get_image_content", image_id=IMAGE_ID),
+        "GetModelImage": _follow("get_model_image", model_id=MODEL_ID),
+        "ListModelImages": _follow("list_model_images", model_id=MODEL_ID),
+        "ListImagesOfModel": _follow("list_images", model_id=MODEL_ID),
+        "DeleteImage": _follow("delete_image", image_id=IMAGE_ID),
+    },
+    "get_image": {
+        "GetImageContent": _follow("get_image_content", image_id=IMAGE_ID),
+        "DeleteImage": _follow("delete_image", image_id=IMAGE_ID),
+    },
+}
+FIRST_LISTED = {
+    "GetImage": _follow("get_image", image_id="$response.body#/0/image_id"),
+    "GetImageContent": _follow("get_image_content", image_id="$response.body#/0/image_id"),
+    "GetModelImage": _follow("get_model_image", model_id="$response.body#/0/model_id"),
+    "DeleteImage": _follow("delete_image", image_id="$response.body#/0/image_id"),
+}
+LINKS |= {"list_images": FIRST_LISTED, "list_model_images": FIRST_LISTED}
+
+
+def add_links(result: dict, **kwargs) -> dict:
+    """A postprocessing hook: adds LINKS to the successful answers of their operations."""
+    for operations in result["paths"].values():
+        for operation in operations.values():
+            links = LINKS.get(operation.get("operationId"), {}) if isinstance(operation, dict) else {}
+            for status in ("200", "201"):
+                if links and status in operation["responses"]:
+                    operation["responses"][status]["links"] = links
+    return result
+
+
 # --- Parameters and headers ----------------------------------------------------------------------
 
 

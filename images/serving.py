@@ -123,15 +123,22 @@ def _bytes_response(request: HttpRequest, record: ImageRecord, cache_control: st
         return blob_response(request, Blob.original(record), cache_control)
     original_format = derivatives.output_format(record.content_type)
     spec, negotiated = derivatives.parse_spec(request.GET, request.headers.get("Accept", ""), original_format)
-    name = derivatives.ensure(record, spec)
+    name = spec.name(record.sha256)
+    # A derivative never changes once made, so its size is kept like a record: a hit on a cached
+    # derivative then costs no storage call at all, as for an original. Keyed by the record too, so
+    # that the same bytes uploaded again after a delete (which took the derivatives) are made anew.
+    key = hotcache.scoped("derivative", record.image_id, name)
+    size = hotcache.records.get(key, lambda: _made_size(record, spec))
     stem = record.filename.rsplit(".", 1)[0] or record.filename
-    blob = Blob(
-        name, image_storage().size(name), spec.content_type, f"{stem}.{spec.format}", record.uploaded_at
-    )
+    blob = Blob(name, size, spec.content_type, f"{stem}.{spec.format}", record.uploaded_at)
     response = blob_response(request, blob, cache_control)
     if negotiated:
         patch_vary_headers(response, ["Accept"])
     return response
+
+
+def _made_size(record: ImageRecord, spec: derivatives.Spec) -> int:
+    return image_storage().size(derivatives.ensure(record, spec))
 
 
 def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTABLE) -> HttpResponseBase:

@@ -430,6 +430,23 @@ def test_a_derivative_is_served_like_an_original(store, client):
     assert head["Content-Length"] == str(len(data)) and head.content == b""
 
 
+def test_a_cached_derivative_is_served_without_touching_storage(store, client, monkeypatch):
+    """Like an original: once made and read, this worker answers it from memory."""
+    meta = upload(client, encode(Image.new("RGB", (600, 300), "red"), "JPEG", quality=90)).json()
+    url = f"/images/{meta['image_id']}/content?w=64&format=webp"
+    first = client.get(url)
+    assert first.status_code == 200
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("storage was called")
+
+    for method in ("exists", "size", "open", "save"):
+        monkeypatch.setattr(type(store.storage), method, unreachable)
+    again = client.get(url)
+    assert again.status_code == 200 and body(again) == body(first)
+    assert again["ETag"] == first["ETag"]
+
+
 def test_format_auto_negotiates_and_varies_on_accept(store, client):
     meta = upload(client, encode(Image.new("RGB", (600, 300), "red"), "PNG")).json()
     url = "/image/m1?preset=thumb"

@@ -224,10 +224,11 @@ def open_service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         yield stack.enter_context(servers.service(env, tmp_path / "service.log"))
 
 
-def seed(url: str) -> dict:
+def seed(url: str, rounds: int = 1) -> dict:
     """A few stored images, so that the fuzzer reaches more than 404s (see schemathesis_hooks.py)."""
     metas = []
-    for i, (fmt, model_id) in enumerate([("JPEG", "m1"), ("PNG", "m1"), ("WEBP", "m2"), ("GIF", "m3")]):
+    kinds = [("JPEG", "m1"), ("PNG", "m1"), ("WEBP", "m2"), ("GIF", "m3")] * rounds
+    for i, (fmt, model_id) in enumerate(kinds):
         files = {"file": (f"seed{i}.{fmt.lower()}", image_bytes(fmt, seed=i))}
         response = requests.post(f"{url}/upload", files=files, data={"model_id": model_id}, timeout=30)
         assert response.status_code == 201, response.text
@@ -278,13 +279,17 @@ def test_a_longer_stateful_run_finds_no_server_error_and_no_violation(open_servi
     """Longer than the run above, and not deterministic (the seed is printed, to replay a
     failure): fuzzing, then stateful scenarios along the links that schemathesis infers from the
     schema and learns from `Location` headers (upload, then read, list or delete what it made),
-    until DEEP_SECONDS are spent. No 5xx, and every answer as the schema says."""
+    until DEEP_SECONDS are spent. No 5xx, and every answer as the schema says.
+
+    Its scenarios start from listings (schemathesis does not start them from an upload whose
+    model_id it takes for a reference to a resource that nothing creates), then follow the
+    schema's links to reading and deleting, so the run starts with enough images to delete."""
     seed_value = random.randrange(2**32)
     env = {
         **os.environ,
         "PYTHONPATH": str(servers.ROOT),
         "SCHEMATHESIS_HOOKS": str(HOOKS),
-        "ST_SEEDED": json.dumps(seed(open_service)),
+        "ST_SEEDED": json.dumps(seed(open_service, rounds=25)),
     }
     argv = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{open_service}/api/schema/",
@@ -312,3 +317,5 @@ def test_a_longer_stateful_run_finds_no_server_error_and_no_violation(open_servi
     )
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     assert found["scenarios"].isdigit() and int(found["scenarios"]) > 0, run.stdout[-5000:]  # stateful ran
+    covered = re.match(r"(\d+) covered", found["links"])
+    assert covered and int(covered.group(1)) > 0, run.stdout[-5000:]  # scenarios followed links
