@@ -11,7 +11,8 @@
    share a decode between requests. The service's uploads are measured too, since they make the
    base. Then one URL again and again: the cached derivative, served like an original.
 
-thumbor and pyvips live in virtualenvs of their own under bench/out/ (thumbor pins an older Pillow).
+It installs bench/requirements.txt into .venv first, as bench/run.py does. thumbor and pyvips live
+in virtualenvs of their own under bench/out/ (thumbor pins an older Pillow).
 Everything listens on 127.0.0.1; every load is bounded by count and time.
 """
 
@@ -161,18 +162,19 @@ class PeakRss:
     worker) and of the whole tree."""
 
     def __init__(self, pid: int):
-        self.pid, self.worker_mb, self.tree_mb = pid, 0.0, 0.0
+        import psutil
+
+        self.root, self.worker_mb, self.tree_mb = psutil.Process(pid), 0.0, 0.0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.sample, daemon=True)
 
     def sample(self) -> None:
         import psutil
 
-        root = psutil.Process(self.pid)
         while not self.done.wait(0.05):
             try:
-                workers = [p.memory_info().rss / 2**20 for p in root.children(recursive=True)]
-                tree = root.memory_info().rss / 2**20 + sum(workers)
+                workers = [p.memory_info().rss / 2**20 for p in self.root.children(recursive=True)]
+                tree = self.root.memory_info().rss / 2**20 + sum(workers)
             except psutil.Error:
                 continue
             self.worker_mb = max(self.worker_mb, *workers, 0.0)
@@ -286,6 +288,10 @@ def servers(image: Path, distinct: int, seconds: float, connections: int) -> dic
 
 
 def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.run import bootstrap
+
+    bootstrap(tools=())
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer runs and shorter loads")
     args = parser.parse_args()

@@ -23,8 +23,9 @@ REQUIREMENTS = ROOT / "bench" / "requirements.txt"
 STAMP = ROOT / ".venv" / ".installed-bench-requirements.txt"
 
 
-def bootstrap() -> None:
-    """Puts the bench's dependencies in place, then re-runs this script in .venv if it isn't there."""
+def bootstrap(tools: tuple[str, ...] = ("nginx", "wrk")) -> None:
+    """Puts the bench's dependencies in place (its pip requirements and the Debian `tools`), then
+    re-runs this script in .venv if it isn't there."""
     if not VENV_PYTHON.exists():
         subprocess.run([sys.executable, "-m", "venv", str(ROOT / ".venv")], check=True)
     wanted = (ROOT / "requirements.txt").read_text() + REQUIREMENTS.read_text()
@@ -32,7 +33,7 @@ def bootstrap() -> None:
         pip = [str(VENV_PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=True)
         STAMP.write_text(wanted)
-    missing = [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         if os.geteuid() != 0:
             sys.exit(f"bench: needs {' '.join(missing)}: apt-get install -y {' '.join(missing)}")
