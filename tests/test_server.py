@@ -513,6 +513,9 @@ def test_mongo_outage_gives_503_then_recovers(tmp_path: Path, ferretdb_bin: Path
             assert_unavailable(lambda: requests.get(f"{url}/readyz", timeout=TIMEOUT))
             for call in outage_requests(url, image_id):
                 assert_unavailable(call)
+            # Down long enough for each client to make a whole call meanwhile: the call under way at
+            # `down + 0.5` ends within OUTAGE_DEADLINE, and so does the one after it.
+            time.sleep(max(0.0, down + 0.5 + 2 * OUTAGE_DEADLINE - time.monotonic()))
             assert requests.get(f"{url}/healthz", timeout=1).status_code == 200
 
             up = time.monotonic()
