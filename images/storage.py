@@ -19,13 +19,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bson import ObjectId
+from bson import Int64, ObjectId
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils.deconstruct import deconstructible
-from gridfs import GridFSBucket
 from gridfs.errors import CorruptGridFile
+from pymongo import ASCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 from pymongo.database import Database
@@ -150,6 +150,18 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _pieces(content: File, size: int) -> Iterator[bytes]:
+    """`content`'s bytes in pieces of exactly `size`, but the last: GridFS chunks are all full but one."""
+    pending = bytearray()
+    for data in content.chunks(size):
+        pending += data
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
+
+
 class GridFSReader(io.RawIOBase):
     """A GridFS file's bytes as a seekable file that reads a few chunks per round trip.
 
@@ -250,8 +262,8 @@ class GridFSReader(io.RawIOBase):
 class GridFSStorage(ContentAddressedMixin, Storage):
     """Blobs in a MongoDB GridFS bucket, one GridFS file per name (its `filename`).
 
-    GridFS inserts the files document only after the last chunk, so a blob becomes visible whole. An
-    upload that fails partway is aborted, since GridIn leaves its chunks behind otherwise. Concurrent
+    The files document is inserted only after the last chunk, so a blob becomes visible whole. An
+    upload that fails partway deletes the chunks it wrote (fsck reclaims them if it cannot). Concurrent
     saves of the same name can all write; each then keeps only the copy with the lowest `_id`, which
     they all agree on and which readers open, so exactly one copy remains once the last one finishes.
 
@@ -263,6 +275,11 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     """
 
     LEFTOVER_KIND = "orphan_chunks"
+    CHUNK_SIZE = 255 * 1024  # GridFS's default
+    CHUNKS_PER_INSERT = 4  # about 1 MB in memory at a time, whatever the blob's size
+    # The GridFS spec's indexes, as drivers create them.
+    FILES_INDEXES = [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)])]
+    CHUNKS_INDEXES = [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)]
 
     def __init__(
         self,
@@ -292,10 +309,6 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         return mongo.get_database() if self._database is None else self._database
 
     @property
-    def bucket(self) -> GridFSBucket:
-        return GridFSBucket(self.database, bucket_name=self.bucket_name)
-
-    @property
     def files(self) -> Collection:
         return self.database[f"{self.bucket_name}.files"]
 
@@ -309,15 +322,35 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         return self.database[f"{self.bucket_name}.deleted"]
 
     def _write(self, name: str, content: File) -> None:
-        bucket = self.bucket
-        stream = bucket.open_upload_stream(name)
+        """Writes the chunks a few at a time, then the files document, in the GridFS spec's order.
+
+        pymongo's GridIn holds up to 48 MB of chunks before it inserts them, so a worker would grow
+        with the image (a 100 MB upload by 130 MB); this holds CHUNKS_PER_INSERT chunks at a time.
+        """
+        mongo.ensure_indexes(self.files, self.FILES_INDEXES)
+        mongo.ensure_indexes(self.chunks, self.CHUNKS_INDEXES)
+        file_id, length, batch = ObjectId(), 0, []
         try:
-            for chunk in content.chunks():
-                stream.write(chunk)
-            stream.close()
+            for number, data in enumerate(_pieces(content, self.CHUNK_SIZE)):
+                batch.append({"files_id": file_id, "n": number, "data": data})
+                length += len(data)
+                if len(batch) == self.CHUNKS_PER_INSERT:
+                    self.chunks.insert_many(batch)
+                    batch = []
+            if batch:
+                self.chunks.insert_many(batch)
+            self.files.insert_one(
+                {
+                    "_id": file_id,
+                    "filename": name,
+                    "length": Int64(length),
+                    "chunkSize": self.CHUNK_SIZE,
+                    "uploadDate": datetime.now(UTC),
+                }
+            )
         except BaseException as failure:
             with contextlib.suppress(PyMongoError), mongo.cleanup_deadline(failure):
-                stream.abort()  # what it cannot delete is left to fsck, as orphan chunks
+                self.chunks.delete_many({"files_id": file_id})  # what it cannot delete, fsck reclaims
             raise
         # Delete every copy but the lowest `_id`, not just our own: a writer that started earlier (so
         # has a lower `_id`) may finish after us, and it alone then sees both copies.
