@@ -1,7 +1,5 @@
 """Mongo mode's own details, and the places where FerretDB (the test server) differs from MongoDB."""
 
-import hashlib
-
 import pytest
 from django.core.files.base import ContentFile
 from gridfs import GridFSBucket
@@ -10,6 +8,7 @@ from pymongo.errors import AutoReconnect
 
 from images import mongo
 from images.documents import MongoDocuments
+from tests.test_storage import GRIDFS_CHUNK, blob, name_of
 
 pytestmark = pytest.mark.parametrize("store", ["mongo"], indirect=True)
 
@@ -42,17 +41,17 @@ def test_batch_index_creation_differs_on_ferretdb(store):
         collection.create_indexes(indexes)
 
 
-@pytest.mark.parametrize("size", [0, 1, 255 * 1024, 4 * 255 * 1024 + 1, 9 * 255 * 1024 - 7])
+@pytest.mark.parametrize("size", [0, 1, GRIDFS_CHUNK, 4 * GRIDFS_CHUNK + 1, 9 * GRIDFS_CHUNK - 7])
 def test_blobs_are_gridfs_files_that_any_driver_reads(store, size):
     """The storage writes GridFS by hand (a few chunks per insert): what it writes must be what the
     GridFS spec says, so pymongo's own GridFSBucket (and any other driver) reads it back."""
-    data = (hashlib.sha256(str(size).encode()).digest() * (size // 32 + 1))[:size]
-    name = store.storage.save(hashlib.sha256(data).hexdigest(), ContentFile(data))
+    data = blob(size)
+    name = store.storage.save(name_of(data), ContentFile(data))
     assert GridFSBucket(store.mongo_db).open_download_stream_by_name(name).read() == data
     doc = store.mongo_db["fs.files"].find_one({"filename": name})
-    assert (doc["length"], doc["chunkSize"]) == (size, 255 * 1024)
+    assert (doc["length"], doc["chunkSize"]) == (size, GRIDFS_CHUNK)
     chunks = list(store.mongo_db["fs.chunks"].find({"files_id": doc["_id"]}, sort=[("n", 1)]))
-    assert [chunk["n"] for chunk in chunks] == list(range(-(-size // (255 * 1024))))
-    assert all(len(chunk["data"]) == 255 * 1024 for chunk in chunks[:-1])
+    assert [chunk["n"] for chunk in chunks] == list(range(-(-size // GRIDFS_CHUNK)))
+    assert all(len(chunk["data"]) == GRIDFS_CHUNK for chunk in chunks[:-1])
     info = store.mongo_db["fs.chunks"].index_information()
     assert any(index["key"] == [("files_id", 1), ("n", 1)] and index.get("unique") for index in info.values())
