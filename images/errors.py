@@ -21,7 +21,8 @@ from django.core.exceptions import (
 from django.db import OperationalError
 from django.http import Http404, HttpRequest, JsonResponse, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
-from pymongo.errors import ConnectionFailure
+from gridfs.errors import CorruptGridFile
+from pymongo.errors import ConnectionFailure, PyMongoError
 from rest_framework import exceptions, status
 
 from imageservice.pacing import ClientTooSlow
@@ -85,7 +86,7 @@ def as_api_exception(exc: Exception) -> exceptions.APIException | None:
         return exceptions.NotFound(str(exc) or "Not found.")
     if isinstance(exc, PermissionDenied):
         return exceptions.PermissionDenied(str(exc) or None)
-    if isinstance(exc, ConnectionFailure) or _sqlite_says(exc, "locked"):
+    if _mongo_unavailable(exc) or _sqlite_says(exc, "locked"):
         log.warning("storage unavailable: %s", exc)
         return StorageUnavailable()
     if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or _sqlite_says(exc, "full"):
@@ -102,6 +103,14 @@ def as_api_exception(exc: Exception) -> exceptions.APIException | None:
     if isinstance(exc, (MultiPartParserError, SuspiciousOperation)):
         return InvalidRequest(f"Malformed request: {exc}", code="malformed_request")
     return None
+
+
+def _mongo_unavailable(exc: Exception) -> bool:
+    """MongoDB gone or too slow (a timeout of any kind), or a blob whose chunks it cannot give whole
+    right now (CorruptGridFile: a download's first read; `fsck --deep` tells if they are lost)."""
+    return isinstance(exc, (ConnectionFailure, CorruptGridFile)) or (
+        isinstance(exc, PyMongoError) and exc.timeout
+    )
 
 
 def _sqlite_says(exc: Exception, word: str) -> bool:

@@ -5,6 +5,12 @@ Under WSGI, Django hands a `FileResponse`'s file to `wsgi.file_wrapper`, and the
 it to the end (or `sendfile`s `Content-Length` bytes from its current offset), bypassing Django. So a
 range is enforced in two places: the file is positioned at the range's start and `RangeReader.read()`
 stops at its end, and `Content-Length` is always set explicitly.
+
+The server's first read of the file comes after the view has returned, and before any byte is sent:
+a MongoDB failure there became gunicorn's plain 500 page. So a file that is not a real one (a GridFS
+reader) gives its first bytes in the view, where a failure becomes the JSON 503 (images/errors.py).
+A failure after that, once the headers are out, makes gunicorn close the connection: the body is
+shorter than its Content-Length, which every client takes for a broken download.
 """
 
 import re
@@ -37,20 +43,44 @@ class RangeReader:
 
     def __init__(self, file: IO[bytes], length: int):
         self.file = file
-        self.remaining = length
-        if hasattr(file, "fileno"):
+        self.remaining = length  # bytes still to read from `file`
+        self.first = b""  # bytes read ahead of the server, by `read_first`
+        if _has_fileno(file):
             self.fileno = file.fileno  # lets the WSGI server sendfile() from the same offset
 
-    def read(self, size: int = -1) -> bytes:
+    def read_first(self, size: int) -> None:
+        """Reads the first `size` bytes now, so that a storage failure still reaches the view."""
+        self.first = self._read_file(size)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            data, self.first = self.first + self._read_file(-1), b""
+        elif self.first:
+            data, self.first = self.first[:size], self.first[size:]
+        else:
+            data = self._read_file(size)
+        return data
+
+    def _read_file(self, size: int) -> bytes:
         if self.remaining <= 0:
             return b""
-        size = self.remaining if size is None or size < 0 else min(size, self.remaining)
+        size = self.remaining if size < 0 else min(size, self.remaining)
         data = self.file.read(size)
         self.remaining -= len(data)
         return data
 
     def close(self) -> None:
         self.file.close()
+
+
+def _has_fileno(file: IO[bytes]) -> bool:
+    """Whether `file` is a real file, which the server can sendfile(): a GridFS reader is an IOBase
+    too, but its fileno() raises."""
+    try:
+        file.fileno()
+    except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
+        return False
+    return True
 
 
 def _read_whole(name: str) -> bytes:
@@ -189,9 +219,11 @@ def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTAB
         )
     file = image_storage().open(blob.name).file
     file.seek(start)
-    return FileResponse(
-        RangeReader(file, end - start + 1),
-        status=status,
-        content_type=blob.content_type,
-        headers=headers,
-    )
+    reader = RangeReader(file, end - start + 1)
+    if not hasattr(reader, "fileno"):
+        try:
+            reader.read_first(FileResponse.block_size)
+        except BaseException:
+            reader.close()
+            raise
+    return FileResponse(reader, status=status, content_type=blob.content_type, headers=headers)

@@ -9,8 +9,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,15 @@ def running(argv: list[str], log_path: Path, **popen) -> Iterator[subprocess.Pop
 @contextmanager
 def ferretdb(binary: Path, data_dir: Path, port: int | None = None) -> Iterator[str]:
     """Runs FerretDB with its SQLite handler; yields its mongodb:// URI."""
+    with ferretdb_process(binary, data_dir, port) as (uri, _):
+        yield uri
+
+
+@contextmanager
+def ferretdb_process(
+    binary: Path, data_dir: Path, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`ferretdb`, yielding its process too, for tests that stop it (SIGSTOP) at a chosen moment."""
     port = port or free_port()
     (data_dir / "sqlite").mkdir(parents=True, exist_ok=True)
     argv = [
@@ -84,11 +94,48 @@ def ferretdb(binary: Path, data_dir: Path, port: int | None = None) -> Iterator[
         "--log-level=WARN",
     ]
     uri = f"mongodb://127.0.0.1:{port}/"
-    with running(argv, data_dir / "ferretdb.log"):
+    with running(argv, data_dir / "ferretdb.log") as proc:
         client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500)
         wait_until(lambda: client.admin.command("ping"), 30, "FerretDB")
         client.close()
-        yield uri
+        yield uri, proc
+
+
+@contextmanager
+def relay(port: int, watch: Callable[[bytes], None]) -> Iterator[int]:
+    """A TCP relay on a free loopback port to `port`, which calls `watch` with what each client
+    sends before it passes it on: a test can stop the server at the moment a given command leaves
+    (pymongo writes each message whole). Yields the relay's port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    opened = [listener]
+
+    def pump(source: socket.socket, target: socket.socket, watch: Callable[[bytes], None] | None) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                if watch is not None:
+                    watch(data)
+                target.sendall(data)
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener was shut down
+            while True:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", port))
+                opened.extend((client, upstream))
+                threading.Thread(target=pump, args=(client, upstream, watch), daemon=True).start()
+                threading.Thread(target=pump, args=(upstream, client, None), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        for sock in opened:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 def service_env(env: dict[str, str]) -> dict[str, str]:

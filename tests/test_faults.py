@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import bson
 import pymongo
 import pytest
 import requests
@@ -34,7 +36,15 @@ from tests import servers, test_server
 from tests.conftest import MODES
 from tests.corpus import BOUNDARY, Part, multipart
 from tests.samples import image_bytes, noise_jpeg
-from tests.test_server import TIMEOUT, UNTHROTTLED, Live, new_model_id, sha256, store_env, upload
+from tests.test_server import (
+    TIMEOUT,
+    UNTHROTTLED,
+    Live,
+    new_model_id,
+    sha256,
+    store_env,
+    upload,
+)
 
 live = test_server.live  # the fixture: one service per mode, this module's own
 
@@ -420,6 +430,89 @@ def test_deleting_an_image_breaks_no_download_that_has_started(live: Live) -> No
         bodies = [future.result(TIMEOUT) for future in futures]
     assert all(body == data for body in bodies), [len(body) for body in bodies]
     servers.wait_until(lambda: requests.get(url, timeout=TIMEOUT).status_code == 404, 10, "the delete")
+
+
+# --- MongoDB stopping mid-download ----------------------------------------------------------------
+
+
+def on_the_wire(**command: object) -> bytes:
+    """How a command's fields look in the message pymongo sends (an OP_MSG body is a BSON document)."""
+    return bson.encode(command)[4:-1]
+
+
+def raw_get(url: str) -> tuple[bytes, bytes]:
+    """A GET on a connection of its own, read until the server closes it: the head and the body, as
+    they came (a client library would stop at Content-Length, or hide what follows)."""
+    address, _, path = url.removeprefix("http://").partition("/")
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(f"GET /{path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode())
+        received = b"".join(iter(lambda: sock.recv(1 << 16), b""))
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head, body
+
+
+# With MONGO_TIMEOUT_MS=500, the socket timeout is 1.5 s. pymongo retries a read that timed out, on a
+# new connection whose handshake (hello) waits out the socket timeout too, and then once more: a read
+# from a server that hangs gets its 503 after 3 socket timeouts (6.0-6.4 s measured with 2 s ones);
+# the rest is margin for a busy machine.
+HUNG_MONGO_TIMEOUT_MS = 500
+HUNG_READ_SECONDS = 3 * (HUNG_MONGO_TIMEOUT_MS + 1000) / 1000 + 3
+
+
+def test_mongodb_stopping_before_a_download_s_first_byte_gives_503_and_after_it_cuts_the_download(
+    tmp_path: Path, ferretdb_bin: Path
+) -> None:
+    """FerretDB is stopped (SIGSTOP) as the service asks it for a download's first chunks, and in a
+    second download as it asks for the next batch, when the headers and 4 MB are out. The first
+    gets the JSON 503 with Retry-After, within seconds (HUNG_READ_SECONDS); the second is cut off:
+    the connection closes short of the Content-Length, having carried nothing but the image's own
+    bytes, so no client can take it for the whole image."""
+    data = noise_jpeg((2600, 2000))  # 24 GridFS chunks: a first batch of 16, then a getMore
+    stop_at: list[tuple[bytes, ...]] = []  # what a message must hold for FerretDB to stop, once
+    with ExitStack() as stack:
+        uri, ferretdb = stack.enter_context(servers.ferretdb_process(ferretdb_bin, tmp_path / "ferretdb"))
+
+        def watch(message: bytes) -> None:
+            if stop_at and all(part in message for part in stop_at[0]):
+                stop_at.clear()
+                ferretdb.send_signal(signal.SIGSTOP)
+
+        port = stack.enter_context(servers.relay(int(uri.rstrip("/").rsplit(":", 1)[1]), watch))
+        stack.callback(ferretdb.send_signal, signal.SIGCONT)  # whatever happens
+        env = {
+            **UNTHROTTLED,
+            "MONGO_URI": f"mongodb://127.0.0.1:{port}/",
+            "MONGO_DB": "stopped",
+            "MONGO_TIMEOUT_MS": str(HUNG_MONGO_TIMEOUT_MS),
+            "DATA_DIR": str(tmp_path / "service"),
+        }
+        served = stack.enter_context(servers.served(env, tmp_path / "service.log"))
+        created = upload(served.url, data, new_model_id("stopped"))
+        assert created.status_code == 201, created.text
+        url = created.json()["url"]
+
+        stop_at.append((on_the_wire(find="fs.chunks"),))
+        started = time.monotonic()
+        before = requests.get(url, timeout=TIMEOUT)
+        elapsed = time.monotonic() - started
+        ferretdb.send_signal(signal.SIGCONT)
+        assert not stop_at, "the download never asked for its chunks"
+        assert (before.status_code, before.headers["Content-Type"]) == (503, "application/json"), before.text
+        assert before.json()["error"] == "storage_unavailable" and int(before.headers["Retry-After"]) > 0
+        assert elapsed < HUNG_READ_SECONDS, elapsed
+
+        ready = lambda: requests.get(f"{served.url}/readyz", timeout=TIMEOUT).status_code == 200  # noqa: E731
+        servers.wait_until(ready, 20, "MongoDB back")
+        stop_at.append((b"\x12getMore\x00", on_the_wire(collection="fs.chunks")))
+        head, body = raw_get(url)
+        ferretdb.send_signal(signal.SIGCONT)
+        assert not stop_at, "the download never asked for its second batch"
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert re.search(rb"\r\ncontent-length: (\d+)\r\n", head, re.IGNORECASE)[1] == str(len(data)).encode()
+        assert 0 < len(body) < len(data) and data.startswith(body), len(body)
+    cut = f"cut after {len(body):,} of {len(data):,} bytes"
+    print(f"\nMongoDB stopped: 503 after {elapsed:.1f} s before the first byte; {cut} after it")
 
 
 # --- Slow clients ----------------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 import pytest
 from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
 from gridfs import GridFSBucket
+from gridfs.errors import CorruptGridFile
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import AutoReconnect
 
 from images import mongo
 from images.documents import MongoDocuments
+from tests.samples import image_bytes
 from tests.test_storage import GRIDFS_CHUNK, blob, name_of
 
 pytestmark = pytest.mark.parametrize("store", ["mongo"], indirect=True)
@@ -55,3 +58,22 @@ def test_blobs_are_gridfs_files_that_any_driver_reads(store, size):
     assert all(len(chunk["data"]) == GRIDFS_CHUNK for chunk in chunks[:-1])
     info = store.mongo_db["fs.chunks"].index_information()
     assert any(index["key"] == [("files_id", 1), ("n", 1)] and index.get("unique") for index in info.values())
+
+
+def test_a_blob_missing_its_first_chunk_answers_503_and_one_missing_a_later_chunk_breaks_off(store, client):
+    """Before the first byte, chunks the storage cannot give whole are the JSON 503 every storage
+    failure gets; after it, the body breaks off (a live server then closes the connection:
+    tests/test_faults.py), never a whole-looking short one."""
+    data = image_bytes("PNG", (400, 300), compress_level=0)  # over the hot cache's 256 KB: streamed
+    image = client.post("/upload", {"file": SimpleUploadedFile("a.png", data), "model_id": "m"}).json()
+    doc = store.mongo_db["fs.files"].find_one({"filename": image["sha256"]})
+    store.mongo_db["fs.chunks"].delete_one({"files_id": doc["_id"], "n": 1})
+    response = client.get(f"/images/{image['image_id']}/content")
+    assert response.status_code == 200
+    with pytest.raises(CorruptGridFile):
+        b"".join(response.streaming_content)
+
+    store.mongo_db["fs.chunks"].delete_one({"files_id": doc["_id"], "n": 0})
+    response = client.get(f"/images/{image['image_id']}/content")
+    assert (response.status_code, response["Retry-After"]) == (503, "5")
+    assert response.json()["error"] == "storage_unavailable"
