@@ -60,6 +60,24 @@ def test_blobs_are_gridfs_files_that_any_driver_reads(store, size):
     assert any(index["key"] == [("files_id", 1), ("n", 1)] and index.get("unique") for index in info.values())
 
 
+def test_chunks_that_the_server_yields_out_of_order_are_read_in_order(store):
+    """The reader asks for chunks without a sort (see GridFSReader) and checks each one's `n`. Chunks
+    inserted last to first come back in that order from FerretDB's unsorted scan (MongoDB walks its
+    index instead): the reader then asks for them sorted, and reads every byte and range right."""
+    data = blob(5 * GRIDFS_CHUNK + 11)
+    name = store.storage.save(name_of(data), ContentFile(data))
+    chunks = store.mongo_db["fs.chunks"]
+    doc = store.mongo_db["fs.files"].find_one({"filename": name})
+    stored = list(chunks.find({"files_id": doc["_id"]}, {"_id": 0}, sort=[("n", 1)]))
+    chunks.delete_many({"files_id": doc["_id"]})
+    for chunk in reversed(stored):
+        chunks.insert_one(chunk)
+    with store.storage.open(name) as reader:
+        assert reader.read() == data
+        reader.seek(2 * GRIDFS_CHUNK - 3)
+        assert reader.read(GRIDFS_CHUNK) == data[2 * GRIDFS_CHUNK - 3 : 3 * GRIDFS_CHUNK - 3]
+
+
 def test_a_blob_missing_its_first_chunk_answers_503_and_one_missing_a_later_chunk_breaks_off(store, client):
     """Before the first byte, chunks the storage cannot give whole are the JSON 503 every storage
     failure gets; after it, the body breaks off (a live server then closes the connection:
