@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
 from django.http import QueryDict
 from PIL import Image, ImageCms, ImageOps
 from pymongo.errors import PyMongoError
@@ -107,6 +108,12 @@ def ensure(record: ImageRecord, spec: Spec) -> str:
         with leases.holding(name, settings.DERIVATIVE_TIMEOUT + 5) as mine:
             if mine and not storage.exists(name):
                 storage.save(name, ContentFile(_make(record, spec)))
+                if not storage.exists(record.sha256):
+                    # The original's last pin went while we made this, and its delete may have
+                    # swept its derivatives before ours existed: take ours too, as a read of a
+                    # deleted image (see images/storage.py).
+                    storage.delete(name)
+                    raise FileNotFoundError(record.sha256)
                 break
         if time.monotonic() > give_up:
             raise StorageUnavailable("The derivative is still being made; retry shortly.")
@@ -156,9 +163,10 @@ def base_bytes(preview: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def delete_all(sha256: str) -> None:
-    """Deletes every derivative of an original (called once its bytes go)."""
-    storage = image_storage()
+def delete_all(sha256: str, storage: Storage | None = None) -> None:
+    """Deletes every derivative of an original (called once its bytes go). A derivative being made
+    meanwhile is deleted by its maker (see `ensure`)."""
+    storage = storage or image_storage()
     for name in storage.names_starting(f"{sha256}_"):
         storage.delete(name)
 

@@ -4,7 +4,12 @@ with --repair, fixes what can be fixed safely.
 Kinds of damage:
 - missing_blob: a record whose bytes are gone. Nothing can bring them back; --repair deletes such
   a record only with --delete-broken-records (then re-import the image).
-- orphan_blob: bytes (a file, or a GridFS file) no record refers to. Deleted by --repair.
+- orphan_blob: bytes (a file, or a GridFS file) no record refers to nor pins. Deleted by --repair.
+- stale_pin: a pin on a blob (see images/storage.py) that no record holds: an upload cut off after
+  pinning, or a delete cut off before unpinning. --repair gives it back (the blob goes with the last).
+- unpinned_record: a record whose blob holds no pin for it. --repair pins it.
+- untracked_blob: a blob written before blobs kept pins. --repair pins it for its records; fsck's own
+  pin on it goes in a later run, once older than --grace.
 - orphan_derivative: a derivative (named `<original sha256>_<parameters>`, see images/derivatives.py)
   whose original no record needs any more. Deleted by --repair.
 - size_mismatch, sha256_mismatch (with --deep, which re-reads every blob): bytes that are not the
@@ -41,6 +46,7 @@ from images.documents import Documents, ImageRecord, get_documents, iter_records
 from images.storage import Leftover, files_in, image_storage
 
 BROKEN_RECORDS_FLAG = "--delete-broken-records"
+FSCK = "~fsck"  # the pin fsck takes to delete an orphan blob the way a delete does
 
 
 @dataclass
@@ -92,6 +98,7 @@ class Check:
             if record.sha256 not in self.blobs:
                 missing.append(record)
         self.missing_blobs(missing)
+        self.pins()
         self.orphan_blobs()
         if deep:
             self.damaged_blobs()
@@ -113,6 +120,8 @@ class Check:
             original = name.partition("_")[0]  # a derivative belongs to its original
             if original in self.users or self.docs.references(original):
                 continue  # needed, or its record arrived since the listing
+            if name == original and self.storage.pins(name) != {}:
+                continue  # pinned (an upload under way, or a stale pin), or untracked: see `pins`
             try:
                 modified, size = self.storage.get_modified_time(name), self.storage.size(name)
             except FileNotFoundError:
@@ -120,13 +129,44 @@ class Check:
             if not self.recent(modified):
                 kind = "orphan_blob" if name == original else "orphan_derivative"
                 detail = f"no record needs it ({human_bytes(size)}, written {modified:%F %T})"
-                fix = partial(self.release, name)
+                fix = partial(self.release if name == original else self.storage.delete, name)
                 self.problems.append(Problem(kind, name, detail, "delete it", fix))
 
+    def pins(self) -> None:
+        """Each record pins its blob, and each pin is a record's (see images/storage.py)."""
+        for name in sorted(n for n in self.blobs if "_" not in n):
+            users = self.users.get(name, [])
+            pins = self.storage.pins(name)
+            if pins is None:
+                if self.storage.exists(name):
+                    detail = f"written before blobs kept pins; {len(users)} record(s) use it"
+                    fix = partial(self.track, name)
+                    self.problems.append(Problem("untracked_blob", name, detail, "pin it for them", fix))
+                continue
+            for image_id in users:
+                if image_id not in pins:
+                    detail = f"its blob {name} holds no pin for it"
+                    fix = partial(self.storage.pin, name, image_id)
+                    self.problems.append(Problem("unpinned_record", image_id, detail, "pin it", fix))
+            for holder, pinned_at in sorted(pins.items()):
+                if holder in users or self.recent(pinned_at) or self.docs.get(holder) is not None:
+                    continue  # a record's, or an upload's under way, or its record arrived since
+                detail = f"pinned by {holder}, which is no record (since {pinned_at:%F %T})"
+                fix = partial(services.release_blob, self.storage, name, holder)
+                self.problems.append(Problem("stale_pin", name, detail, "give the pin back", fix))
+
+    def track(self, name: str) -> None:
+        """Starts keeping pins on an untracked blob. fsck's own TRACKING pin stays until a later run
+        finds it older than --grace, so an upload that found the blob untracked meanwhile has had
+        its record written (and pinned here) by then."""
+        self.storage.track(name)
+        for image_id in self.users[name]:
+            self.storage.pin(name, image_id)
+
     def release(self, name: str) -> None:
-        """Deletes the blob if still no record refers to it, serialized with uploads where the store can."""
-        with self.docs.atomic():
-            services.release_blob(self.docs, name)
+        """Deletes an unpinned blob with its derivatives, unless an upload pins it first."""
+        if self.storage.pin(name, FSCK):
+            services.release_blob(self.storage, name, FSCK)
 
     def damaged_blobs(self) -> None:
         for name in sorted(self.users.keys() & self.blobs):
