@@ -475,6 +475,8 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         either the unpin sees this pin and keeps the blob, or this sees the mark (and waits for it to
         go) or the blob's absence, and then takes its pin back: False says to save the bytes first."""
         _check_holder(holder)
+        if not self.exists(name):
+            return False  # a new blob (most uploads): one round trip to say so
         self._add_pin(name, holder)
         self._wait_for_closing(name)
         if self.exists(name):

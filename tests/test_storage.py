@@ -6,9 +6,11 @@ properties: content-addressed names, whole-or-nothing writes, seekable reads and
 
 import hashlib
 import io
+import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import SuspiciousFileOperation
@@ -194,9 +196,15 @@ def untrack(store, name: str) -> None:
     if store.mongo_db is not None:
         store.mongo_db["fs.files"].update_many({"filename": name}, {"$unset": {"metadata": ""}})
     else:
-        import shutil
-
         shutil.rmtree(store.storage._refs(name))
+
+
+def drop_pin(store, name: str, holder: str) -> None:
+    """Loses a pin without what unpin does after it: a pin lost to a crash or a restore."""
+    if store.mongo_db is not None:
+        store.mongo_db["fs.pins"].delete_one({"_id": f"{name}/{holder}"})
+    else:
+        (Path(store.storage._refs(name)) / holder).unlink()
 
 
 def test_a_blob_goes_with_its_last_pin(store) -> None:
