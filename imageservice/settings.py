@@ -49,6 +49,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "images.observability.RequestObservationMiddleware",
+    # Before anything can read a body (the CSRF check parses POSTs): images/bodylimits.py.
+    "images.bodylimits.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -174,6 +176,8 @@ MIN_UPLOAD_RATE_KB = env.float("MIN_UPLOAD_RATE_KB", default=4.0)
 MAX_UPLOAD_MB = env.int("MAX_UPLOAD_MB", default=25)
 # The whole request body: the file plus the multipart envelope and the other fields.
 MAX_REQUEST_MB = env.int("MAX_REQUEST_MB", default=MAX_UPLOAD_MB + 1)
+# Every other request's body (sign-in and admin forms): small, judged before anything reads it.
+MAX_FORM_KB = env.int("MAX_FORM_KB", default=64)
 MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=50_000_000)
 MAX_IMAGE_WIDTH = env.int("MAX_IMAGE_WIDTH", default=20_000)
 MAX_IMAGE_HEIGHT = env.int("MAX_IMAGE_HEIGHT", default=20_000)
