@@ -5,6 +5,7 @@ Every variable is documented in `.env.example` and the README.
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -44,6 +45,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's assets, served by the service itself
+    "axes",  # sign-in throttling (images/signin.py)
     "images",
 ]
 
@@ -61,6 +63,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "images.errors.JSONErrorMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its 429
 ]
 
 ROOT_URLCONF = "imageservice.urls"
@@ -207,6 +210,19 @@ JWT_HS256_SECRET = env.str("JWT_HS256_SECRET", default="")
 JWT_PUBLIC_KEY = env.str("JWT_PUBLIC_KEY", default="", multiline=True)
 JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
 JWT_ISSUER = env.str("JWT_ISSUER", default="")
+# Password sign-in (gallery and admin), throttled by django-axes (images/signin.py): this many
+# failures for one user name, or from one address, lock both out for this long.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out sign-in before checking it
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("SIGNIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("SIGNIN_LOCKOUT_MINUTES", default=15.0))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one alone locks out
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "images.signin.client_address"
+AXES_LOCKOUT_CALLABLE = "images.signin.lockout_response"
+AXES_VERBOSE = False  # our request log already has one line per refusal
 # Set by `serve`: running open without credentials is allowed only on a loopback address.
 OPEN_MODE_ALLOWED = env.bool("IMAGESERVICE_OPEN_MODE_ALLOWED", default=True)
 
