@@ -21,7 +21,7 @@ from .pagination import next_link, parse_cursor, parse_limit
 from .schema import image_api_schema
 from .serializers import ImageSerializer, UploadSerializer
 from .serving import image_response
-from .throttling import ReadRateThrottle, UploadRateThrottle
+from .throttling import ReadRateThrottle, UploadRateThrottle, answering
 from .validation import validate_model_id
 
 SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
@@ -140,10 +140,12 @@ class ImageViewSet(viewsets.ViewSet):
 
     def content(self, request: Request, image_id: str):
         note_image(request, image_id)
-        return image_response(request, get_record(image_id))
+        with answering(request):  # a derivative made for it counts against THROTTLE_DERIVE
+            return image_response(request, get_record(image_id))
 
     def model_image(self, request: Request, model_id: str):
         """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
         record = newest_record(model_id)
         note_image(request, record.image_id)
-        return image_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")
+        with answering(request):
+            return image_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")

@@ -196,7 +196,14 @@ DERIVATIVE_PRESETS = {
         "DERIVATIVE_PRESETS", default={"thumb": 256, "card": 640, "full": 1600}
     ).items()
 }
+# The derivative budget (images/derivatives.py): one make runs in a child process that is killed
+# after DERIVATIVE_TIMEOUT seconds or past DERIVATIVE_MEMORY_MB; a full-size re-encode may have at
+# most DERIVATIVE_MAX_PIXELS; all derivatives together keep within DERIVATIVE_CACHE_MB, the least
+# recently used going first (they can always be made again).
 DERIVATIVE_TIMEOUT = env.float("DERIVATIVE_TIMEOUT", default=20.0)
+DERIVATIVE_MEMORY_MB = env.int("DERIVATIVE_MEMORY_MB", default=768)
+DERIVATIVE_MAX_PIXELS = env.int("DERIVATIVE_MAX_PIXELS", default=16_000_000)
+DERIVATIVE_CACHE_MB = env.int("DERIVATIVE_CACHE_MB", default=2048)
 # Per-worker caches of the hot read path (images/hotcache.py): records for a few seconds (another
 # worker may serve a deleted image that long), and the bytes of small blobs, within this many MB.
 HOT_CACHE_SECONDS = env.float("HOT_CACHE_SECONDS", default=2.0)
@@ -257,6 +264,8 @@ REST_FRAMEWORK = {
         # in front of the service, so they are unlimited unless THROTTLE_READ is set.
         "upload": env.str("THROTTLE_UPLOAD", default="60/min") or None,
         "read": env.str("THROTTLE_READ", default="") or None,
+        # Making a derivative costs CPU and storage, unlike reading one: limited by default.
+        "derive": env.str("THROTTLE_DERIVE", default="120/min") or None,
     },
     "NUM_PROXIES": NUM_PROXIES,
     "EXCEPTION_HANDLER": "images.errors.api_exception_handler",
