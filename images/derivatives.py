@@ -246,6 +246,10 @@ def render(file: IO[bytes], spec: Spec, allowed_formats: list[str], *, only_shri
 
             return run_limited(work, settings.DERIVATIVE_TIMEOUT, settings.DERIVATIVE_MEMORY_MB)
     except OverLimit as exc:
+        if exc.reason != "time":
+            # Short of memory, an encoder says so in its own words ("Encoding of color planes
+            # failed"): the original passed the upload's checks, so the limit is the likely cause.
+            log.warning("derivative %s not made: %s", spec, exc.detail)
         raise UnprocessableImage(
             f"Making this derivative took longer than {settings.DERIVATIVE_TIMEOUT:g} s."
             if exc.reason == "time"
@@ -285,18 +289,18 @@ def _decoded(file, spec: Spec, formats: list[str], *, only_shrinking: bool = Fal
     """The first frame, oriented and in sRGB, decoded DCT-scaled where that suffices; None when
     `only_shrinking` and `spec` needs more pixels than the file has."""
     with opened(file, formats) as source:
-        source.seek(0)  # animated GIF/WebP: the first frame only
-        transposed = source.getexif().get(0x0112, 1) in (5, 6, 7, 8)
         width, height = source.size
-        oriented = (height, width) if transposed else (width, height)
-        if only_shrinking and not _shrinks(oriented, spec):
-            return None
         if not (spec.width or spec.height) and width * height > settings.DERIVATIVE_MAX_PIXELS:
-            raise UnprocessableImage(
+            raise UnprocessableImage(  # from the header: a PNG's getexif() below decodes it all
                 f"The image is {width}x{height} pixels; a full-size derivative may have at most "
                 f"{settings.DERIVATIVE_MAX_PIXELS}. Ask for a size (w, h or a preset).",
                 code="too_many_pixels",
             )
+        source.seek(0)  # animated GIF/WebP: the first frame only
+        transposed = source.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        oriented = (height, width) if transposed else (width, height)
+        if only_shrinking and not _shrinks(oriented, spec):
+            return None
         box = _target(oriented, spec)
         if source.format == "JPEG":
             source.draft(source.mode, (box[1], box[0]) if transposed else box)  # DCT scaling

@@ -10,6 +10,8 @@ costs about a millisecond. The child only runs `work` and writes its pickled res
 never touches the parent's connections (MongoDB, SQLite), locks or logs, and leaves with `_exit`.
 """
 
+import contextlib
+import ctypes
 import os
 import pickle
 import resource
@@ -21,7 +23,8 @@ from typing import Any
 
 from rest_framework.exceptions import APIException
 
-DONE, REFUSED, OUT_OF_MEMORY, FAILED = range(4)
+DONE, REFUSED, OUT_OF_MEMORY, FAILED = range(4)  # FAILED: anything else the work raised
+M_MMAP_THRESHOLD = -3  # mallopt(3): heap memory that the parent freed would not count otherwise
 INHERITED_SIGNALS = (
     signal.SIGTERM,
     signal.SIGINT,
@@ -33,11 +36,13 @@ INHERITED_SIGNALS = (
 
 
 class OverLimit(Exception):
-    """The work ran past its deadline or its memory; `reason` says which."""
+    """The work ran past its deadline ("time") or its memory ("memory"); `detail` says what the
+    child saw, if anything."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail or reason
 
 
 def _address_space() -> int:
@@ -50,6 +55,8 @@ def _child(work: Callable[[], Any], out: int, seconds: float, memory_mb: int) ->
     for number in INHERITED_SIGNALS:  # gunicorn's handlers are the parent's business
         signal.signal(number, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    with contextlib.suppress(OSError, AttributeError):  # glibc: every large block is a fresh mapping,
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # so it counts against the limit
     limit = _address_space() + memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     signal.alarm(int(seconds) + 2)  # should the parent die first: SIGALRM ends the child
@@ -59,7 +66,7 @@ def _child(work: Callable[[], Any], out: int, seconds: float, memory_mb: int) ->
         result = (OUT_OF_MEMORY, None)
     except APIException as exc:  # a refusal (a corrupt image, say): the parent raises it again
         result = (REFUSED, (type(exc), str(exc.detail), exc.get_codes()))
-    except Exception as exc:  # noqa: BLE001 - a bug: the parent raises it, so that it is logged
+    except Exception as exc:  # noqa: BLE001 - libraries short of memory raise what they like
         result = (FAILED, f"{type(exc).__name__}: {exc}")
     data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     view = memoryview(data)
@@ -69,7 +76,9 @@ def _child(work: Callable[[], Any], out: int, seconds: float, memory_mb: int) ->
 
 def run_limited(work: Callable[[], Any], seconds: float, memory_mb: int) -> Any:
     """`work()`'s result, computed in a child; raises OverLimit when it takes longer than
-    `seconds` or more than `memory_mb` MiB, and what `work` raised otherwise."""
+    `seconds` or more than `memory_mb` MiB (counted above what this process has mapped: the child
+    may reuse memory that the parent has freed), or when it fails otherwise (a library that runs
+    out of memory reports it as it likes); an APIException that `work` raised is raised again."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -103,6 +112,6 @@ def run_limited(work: Callable[[], Any], seconds: float, memory_mb: int) -> Any:
     if kind == REFUSED:
         cls, detail, code = value
         raise cls(detail, code=code)
-    if kind == FAILED:
-        raise RuntimeError(f"the limited work failed: {value}")
+    if kind == FAILED:  # within its limits, the work would have succeeded: the caller logs it
+        raise OverLimit("memory", value)
     return value

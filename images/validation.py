@@ -99,7 +99,7 @@ def opened(file: IO[bytes], formats: list[str]) -> Iterator[Image.Image]:
                     code="too_many_pixels",
                 )
             yield im
-    except UnprocessableImage:
+    except (UnprocessableImage, MemoryError):  # out of memory is no fault of the file's
         raise
     except Image.DecompressionBombError as exc:
         raise UnprocessableImage(str(exc), code="too_many_pixels") from exc

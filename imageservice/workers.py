@@ -110,7 +110,7 @@ class ThreadWorker(GThreadWorker):
             return
         except OSError:
             data = b""
-        if not data:  # the client went away
+        if not data and conn.whole is None:  # the client went away
             self.heads.remove(conn)
             self.drop_head(conn)
             return
@@ -118,7 +118,12 @@ class ThreadWorker(GThreadWorker):
         tail = conn.head[-len(data) - 3 :]  # a head sent a byte at a time is not rescanned each time
         if conn.whole is None and any(end in tail for end in HEAD_ENDS):
             conn.whole = whole_at(conn.head)
-        if len(conn.head) >= HEAD_BUFFER or (conn.whole is not None and len(conn.head) >= conn.whole):
+        # A body cut short (the client stopped sending) goes to a thread too, which answers 400.
+        if (
+            not data
+            or len(conn.head) >= HEAD_BUFFER
+            or (conn.whole is not None and len(conn.head) >= conn.whole)
+        ):
             self.poller.unregister(conn.sock)
             self.heads.remove(conn)
             self.dispatch(conn)
