@@ -48,7 +48,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if key is None:
             return None
         found = apikeys.verify(key)
-        if found is None:
+        if found is None or not found.name.strip():  # nameless: made before names were checked
             raise AuthenticationFailed("The API key is not valid, or it has been revoked.")
         return Principal(found.name, frozenset(found.scopes)), found
 
@@ -82,10 +82,13 @@ class JWTAuthentication(BaseAuthentication):
                 issuer=settings.JWT_ISSUER or None,
                 options={"require": ["exp", "sub"], "verify_aud": bool(settings.JWT_AUDIENCE)},
             )
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidKeyError too: an ES256 header against an RSA key
             raise AuthenticationFailed(f"The bearer token is not valid: {exc}.") from exc
+        subject = str(claims["sub"]).strip()
+        if not subject:  # it would be recorded as uploaded_by, and names the caller in logs
+            raise AuthenticationFailed("The bearer token is not valid: its sub is empty.")
         scopes = claims.get("scope", "")
-        return Principal(str(claims["sub"]), frozenset(str(scopes).split())), claims
+        return Principal(subject, frozenset(str(scopes).split())), claims
 
     def authenticate_header(self, request) -> str:
         return CHALLENGE

@@ -57,3 +57,18 @@ class Lease(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class DerivativeUse(models.Model):
+    """A stored derivative's size and last use, for removing the least recently used
+    (images/derivative_cache.py)."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    size = models.BigIntegerField()
+    used_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "derivative_uses"
+
+    def __str__(self) -> str:
+        return self.name

@@ -46,6 +46,12 @@ def validate_model_id(value: object) -> str:
     return value
 
 
+def plain_integer(raw: str) -> int | None:
+    """The value of a string of ASCII digits, else None. `str.isdigit()` alone also accepts
+    characters such as '²' that `int()` refuses."""
+    return int(raw) if raw.isascii() and raw.isdigit() else None
+
+
 def sanitize_filename(value: str | None) -> str:
     """Keeps a client's filename as harmless metadata: no path, no control characters, bounded."""
     name = re.split(r"[/\\]", value or "")[-1]
@@ -93,7 +99,7 @@ def opened(file: IO[bytes], formats: list[str]) -> Iterator[Image.Image]:
                     code="too_many_pixels",
                 )
             yield im
-    except UnprocessableImage:
+    except (UnprocessableImage, MemoryError):  # out of memory is no fault of the file's
         raise
     except Image.DecompressionBombError as exc:
         raise UnprocessableImage(str(exc), code="too_many_pixels") from exc

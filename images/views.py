@@ -15,13 +15,13 @@ from rest_framework.response import Response
 from . import hotcache, services
 from .auth import HasScope, caller_name
 from .documents import ImageRecord, get_documents
-from .errors import InvalidRequest, LengthRequired, PayloadTooLarge
+from .errors import InvalidRequest
 from .negotiation import LenientNegotiation
 from .pagination import next_link, parse_cursor, parse_limit
 from .schema import image_api_schema
 from .serializers import ImageSerializer, UploadSerializer
 from .serving import image_response
-from .throttling import ReadRateThrottle, UploadRateThrottle
+from .throttling import ReadRateThrottle, UploadRateThrottle, answering
 from .validation import validate_model_id
 
 SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
@@ -121,13 +121,7 @@ class ImageViewSet(viewsets.ViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def upload(self, request: Request) -> Response:
-        # Judge the body by its header, before reading (and spooling) any of it.
-        if "CONTENT_LENGTH" not in request.META and "HTTP_TRANSFER_ENCODING" in request.META:
-            raise LengthRequired()
-        if int(request.META.get("CONTENT_LENGTH") or 0) > settings.MAX_REQUEST_MB * 1024 * 1024:
-            raise PayloadTooLarge(
-                f"The request body is larger than {settings.MAX_REQUEST_MB} MB.", code="request_too_large"
-            )
+        # The body's size was judged from its headers already (images/bodylimits.py).
         files = request.FILES.getlist("file") or request.FILES.getlist("image")
         if len(files) != 1:
             raise InvalidRequest(
@@ -146,10 +140,12 @@ class ImageViewSet(viewsets.ViewSet):
 
     def content(self, request: Request, image_id: str):
         note_image(request, image_id)
-        return image_response(request, get_record(image_id))
+        with answering(request):  # a derivative made for it counts against THROTTLE_DERIVE
+            return image_response(request, get_record(image_id))
 
     def model_image(self, request: Request, model_id: str):
         """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
         record = newest_record(model_id)
         note_image(request, record.image_id)
-        return image_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")
+        with answering(request):
+            return image_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")

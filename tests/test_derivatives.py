@@ -491,3 +491,19 @@ def test_an_original_over_todays_limits_is_refused_cleanly(store, client, settin
     assert response.status_code == 422
     assert response.json()["error"] == "too_many_pixels"
     assert body(client.get(f"/images/{meta['image_id']}/content")) != b""  # the original still serves
+
+
+def test_a_make_is_stopped_at_its_memory_and_its_deadline(settings):
+    """Each make runs in a child that an allocation past DERIVATIVE_MEMORY_MB stops at once, and a
+    SIGKILL at DERIVATIVE_TIMEOUT, whatever C call it is in."""
+    big = encode(Image.new("RGBA", (7000, 7000), "teal"), "PNG")  # 187 MiB decoded
+    settings.DERIVATIVE_MEMORY_MB, settings.DERIVATIVE_TIMEOUT = 64, 30
+    started = time.monotonic()
+    with pytest.raises(UnprocessableImage) as refused:
+        render(io.BytesIO(big), spec(64), ALLOWED)
+    assert refused.value.get_codes() == "derivative_too_large" and time.monotonic() - started < 5
+    settings.DERIVATIVE_MEMORY_MB, settings.DERIVATIVE_TIMEOUT = 1024, 0.3
+    started = time.monotonic()
+    with pytest.raises(UnprocessableImage) as late:
+        render(io.BytesIO(big), spec(64), ALLOWED)
+    assert late.value.get_codes() == "derivative_timeout" and time.monotonic() - started < 2

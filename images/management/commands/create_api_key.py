@@ -13,6 +13,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, name: str, scopes: str, **options) -> None:
+        if not name.strip():  # the name is the caller's identity in uploaded_by and the logs
+            raise CommandError("the name must not be empty", returncode=2)
         try:
             key = apikeys.create_key(name, apikeys.parse_scopes(scopes))
         except ValueError as exc:

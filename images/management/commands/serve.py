@@ -74,6 +74,8 @@ class Command(BaseCommand):
             "--timeout", "60",
             "--graceful-timeout", "30",
             "--keep-alive", "5",
+            # X-Forwarded-Proto (https URLs) only from a proxy: none trusted at NUM_PROXIES=0, as in Django.
+            "--forwarded-allow-ips", "*" if settings.NUM_PROXIES else "",
             "--config", "python:imageservice.gunicorn_conf",
             "--no-control-socket",  # several instances may run on one host
         ]  # fmt: skip
