@@ -134,8 +134,9 @@ class MongoDocuments:
     def get(self, image_id: str) -> ImageRecord | None:
         if not ObjectId.is_valid(image_id):
             return None
-        doc = self.collection.find_one({"_id": ObjectId(image_id), **CURRENT})
-        return doc and self._record(doc)
+        # By _id alone, the one filter FerretDB looks up rather than scans for; legacy ones are dropped here.
+        doc = self.collection.find_one({"_id": ObjectId(image_id)})
+        return self._record(doc) if doc and "sha256" in doc else None
 
     def find(self, model_id: str, sha256: str) -> ImageRecord | None:
         doc = self.collection.find_one({"model_id": model_id, "sha256": sha256})
