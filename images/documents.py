@@ -81,13 +81,25 @@ def new_image_id() -> str:
     return str(ObjectId())
 
 
+# A record in today's shape always has its sha256. The Flask service's records (images/legacy.py) do
+# not: every read leaves them out until `manage.py adopt_legacy` turns them into records like these.
+CURRENT = {"sha256": {"$exists": True}}
+
+
 class MongoDocuments:
     INDEXES = [
         IndexModel(
             [("model_id", ASCENDING), ("uploaded_at", DESCENDING), ("_id", DESCENDING)],
             name="model_newest",
         ),
-        IndexModel([("model_id", ASCENDING), ("sha256", ASCENDING)], name="model_sha256", unique=True),
+        # Partial: legacy records share a model_id and lack a sha256, which a plain unique index
+        # counts as a duplicate null and so would not build beside them.
+        IndexModel(
+            [("model_id", ASCENDING), ("sha256", ASCENDING)],
+            name="model_sha256",
+            unique=True,
+            partialFilterExpression=CURRENT,
+        ),
         IndexModel([("sha256", ASCENDING)], name="sha256"),
         IndexModel([("uploaded_at", DESCENDING), ("_id", DESCENDING)], name="newest"),
     ]
@@ -118,8 +130,9 @@ class MongoDocuments:
     def get(self, image_id: str) -> ImageRecord | None:
         if not ObjectId.is_valid(image_id):
             return None
+        # By _id alone, the one filter FerretDB looks up rather than scans for; legacy ones are dropped here.
         doc = self.collection.find_one({"_id": ObjectId(image_id)})
-        return doc and self._record(doc)
+        return self._record(doc) if doc and "sha256" in doc else None
 
     def find(self, model_id: str, sha256: str) -> ImageRecord | None:
         doc = self.collection.find_one({"model_id": model_id, "sha256": sha256})
@@ -153,17 +166,21 @@ class MongoDocuments:
             )
         # A single condition stays a plain filter, which every server plans best.
         query = conditions[0] if len(conditions) == 1 else {"$and": conditions} if conditions else {}
-        cursor = self.collection.find(query).sort([("uploaded_at", -1), ("_id", -1)]).limit(limit)
+        cursor = (
+            self.collection.find({**query, **CURRENT}).sort([("uploaded_at", -1), ("_id", -1)]).limit(limit)
+        )
         return [self._record(doc) for doc in cursor]
 
     def count(self, model_id: str | None = None) -> int:
-        return self.collection.count_documents({} if model_id is None else {"model_id": model_id})
+        return self.collection.count_documents(
+            CURRENT if model_id is None else {"model_id": model_id, **CURRENT}
+        )
 
     def delete(self, image_id: str) -> ImageRecord | None:
         if not ObjectId.is_valid(image_id):
             return None
         # Not find_one_and_delete: FerretDB answers it with the document to every concurrent caller.
-        doc = self.collection.find_one({"_id": ObjectId(image_id)})
+        doc = self.collection.find_one({"_id": ObjectId(image_id), **CURRENT})
         if doc is None or self.collection.delete_one({"_id": doc["_id"]}).deleted_count != 1:
             return None
         return self._record(doc)

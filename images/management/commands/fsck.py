@@ -15,6 +15,8 @@ Kinds of damage:
 - size_mismatch, sha256_mismatch (with --deep, which re-reads every blob): bytes that are not the
   ones their records describe. Like missing bytes, only --delete-broken-records deletes the records
   (and so the bytes); otherwise a person decides, since damaged bytes may still be worth something.
+- The GridFS files of the Flask service's records, adopted or set aside or not yet (images/legacy.py),
+  are not blobs: left alone, whatever their names, and counted as legacy_files.
 - temp_file (embedded mode: `<blobs>/.tmp`), orphan_chunks (mongo mode: GridFS chunks without a files
   document), upload_temp_file (spooled uploads in FILE_UPLOAD_TEMP_DIR): what unfinished writes left
   behind. Deleted by --repair.
@@ -40,7 +42,7 @@ from django.db import DatabaseError
 from gridfs.errors import CorruptGridFile
 from pymongo.errors import PyMongoError
 
-from images import services
+from images import legacy, mongo, services
 from images.bulk import human_bytes
 from images.documents import Documents, ImageRecord, get_documents, iter_records
 from images.storage import Leftover, files_in, image_storage
@@ -85,11 +87,14 @@ class Check:
         self.blobs: set[str] = set()
         self.users: defaultdict[str, list[str]] = defaultdict(list)  # blob name: image_ids
         self.sizes: dict[str, int] = {}  # blob name: the size its records give
+        self.legacy_files: set[str] = set()  # names of the Flask service's files (see images/legacy.py)
 
     def run(self, deep: bool) -> None:
         # Blobs are listed before records are read: a blob is written before its record, so every
         # record read afterwards has its blob in the list unless the blob really is gone.
         self.blobs = set(self.storage.listdir("")[1])
+        if settings.MONGO:
+            self.legacy_files = legacy.held_file_names(mongo.get_database()) & self.blobs
         missing: list[ImageRecord] = []
         for record in iter_records(self.docs):
             self.records += 1
@@ -116,7 +121,7 @@ class Check:
             self.broken(Problem("missing_blob", record.image_id, detail, ""), [record.image_id])
 
     def orphan_blobs(self) -> None:
-        for name in sorted(self.blobs - self.users.keys()):
+        for name in sorted(self.blobs - self.users.keys() - self.legacy_files):
             original = name.partition("_")[0]  # a derivative belongs to its original
             if original in self.users or self.docs.references(original):
                 continue  # needed, or its record arrived since the listing
@@ -272,6 +277,7 @@ class Command(BaseCommand):
                 "mode": "mongo" if settings.MONGO else "embedded",
                 "records": check.records,
                 "blobs": len(check.blobs),
+                "legacy_files": len(check.legacy_files),
                 "deep": deep,
                 "grace_seconds": grace,
                 "left_alone": check.left_alone,
@@ -293,6 +299,11 @@ class Command(BaseCommand):
         how = "sizes and sha256 re-read" if deep else "presence only; --deep re-reads every blob"
         lines = [f"Checked the {mode} store: {check.records:,} records, {len(check.blobs):,} blobs ({how})."]
         lines += [problem.line(repair) for problem in check.problems]
+        if check.legacy_files:
+            lines.append(
+                f"Left alone: {len(check.legacy_files)} GridFS file name(s) of the Flask service's records "
+                "(see manage.py adopt_legacy)."
+            )
         if check.left_alone:
             lines.append(
                 f"Left alone: {check.left_alone} orphan(s) or temporary file(s) younger than {grace} s."

@@ -17,10 +17,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from pymongo.errors import PyMongoError
 
-from images import apikeys
+from images import apikeys, legacy
 from images.auth import jwt_configured
 from images.documents import MongoDocuments
-from images.mongo import get_client
+from images.mongo import get_client, get_database
 from imageservice.gunicorn_conf import METRICS_DIR_PREFIX
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,10 @@ class Command(BaseCommand):
         )
 
     def _prepare_mongo(self) -> None:
-        """Creates the indexes up front; an unreachable server is reported, not fatal (503s follow)."""
+        """Creates the indexes up front and says if the Flask service's records wait for adoption; an
+        unreachable server is reported, not fatal (503s follow)."""
         try:
             MongoDocuments().ensure_indexes()
+            legacy.warn_at_start(get_database())
         except PyMongoError as exc:
             log.warning("MongoDB is not reachable yet (%s); requests will get 503 until it is", exc)
