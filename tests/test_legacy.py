@@ -93,10 +93,13 @@ def adopt(*args: str) -> tuple[dict, int]:
 
 
 def snapshot(db: pymongo.database.Database) -> dict:
-    """Every collection, each sorted, ObjectIds and dates as text: what two end states compare by."""
+    """Every collection, each sorted, ObjectIds and dates as text: what two end states compare by
+    (but when a record was set aside, or a blob pinned)."""
     state = {}
     for name in sorted(db.list_collection_names()):
-        docs = [{k: str(v) for k, v in doc.items() if k != "set_aside_at"} for doc in db[name].find()]
+        docs = [
+            {k: str(v) for k, v in doc.items() if k not in ("set_aside_at", "at")} for doc in db[name].find()
+        ]
         state[name] = sorted(docs, key=lambda doc: json.dumps(doc, sort_keys=True))
     return state
 

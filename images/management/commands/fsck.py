@@ -139,7 +139,7 @@ class Check:
 
     def pins(self) -> None:
         """Each record pins its blob, and each pin is a record's (see images/storage.py)."""
-        for name in sorted(n for n in self.blobs if "_" not in n):
+        for name in sorted(n for n in self.blobs - self.legacy_files if "_" not in n):
             users = self.users.get(name, [])
             pins = self.storage.pins(name)
             if pins is None:
