@@ -220,7 +220,7 @@ if NUM_PROXIES:
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
+        "images.browsable.BrowsableAPI",  # DRF's, titled and with sign-in links
     ],
     "DEFAULT_PARSER_CLASSES": [
         "images.parsers.MultiPartParser",  # DRF's, leaving no spool file behind a failed upload
@@ -279,6 +279,7 @@ CORS_EXPOSE_HEADERS = [
     "Content-Length",
     "Link",
     "X-Request-ID",
+    "X-Total-Count",
 ]
 
 # --- Operations ------------------------------------------------------------------------------
