@@ -5,9 +5,15 @@ The gallery, the admin's previews and Swagger UI are tested in Chromium in tests
 """
 
 import io
+import os
 import re
+import signal
+import subprocess
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import requests
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
@@ -16,6 +22,7 @@ from images import apikeys
 from images.documents import get_documents
 from images.management.commands.fsck import set_dimensions
 from images.models import ApiKey, Lease, StoredImage
+from tests import servers, test_server
 from tests.samples import image_bytes
 from tests.servers import ROOT
 from tests.test_access import auth, create_key
@@ -221,3 +228,39 @@ def test_the_mongo_location_names_hosts_and_database_never_credentials(settings)
 
     settings.MONGO = {"URI": "mongodb://u:p%40ss@db1:27017,db2:27018/?replicaSet=rs0", "DB": "Catalog"}
     assert location() == "db1:27017,db2:27018, database Catalog"
+
+
+def test_a_hung_mongodb_gets_503_within_the_readmes_bound_from_the_named_store(tmp_path: Path, ferretdb_bin):
+    """SIGSTOP: the server keeps its connections open and answers nothing. The first request on a
+    pooled connection waits out the socket timeout (MONGO_TIMEOUT_MS + 1 s), then pymongo's one retry
+    of the read waits out server selection (MONGO_TIMEOUT_MS): the README's 2 x MONGO_TIMEOUT_MS + 1 s.
+    Later requests find the server marked unknown and wait server selection only."""
+    timeout_ms, db = 1000, "hung"
+    bound = 2 * timeout_ms / 1000 + 1
+    with servers.ferretdb(ferretdb_bin, tmp_path / "ferretdb") as uri:
+        env = {
+            "MONGO_URI": uri,
+            "MONGO_DB": db,
+            "MONGO_TIMEOUT_MS": str(timeout_ms),
+            "DATA_DIR": str(tmp_path),
+            "HOT_CACHE_SECONDS": "0",  # every read asks MongoDB
+        }
+        log = tmp_path / "service.log"
+        with servers.service(env, log, workers=1) as url:
+            assert f"image-service: mongo ({uri.split('/')[2]}, database {db}) mode" in log.read_text()
+            meta = test_server.upload(url, image_bytes("PNG"), "m1", filename="a.png").json()
+            ferretdb = int(subprocess.check_output(["pgrep", "-f", str(tmp_path / "ferretdb")]).split()[0])
+            os.kill(ferretdb, signal.SIGSTOP)
+            try:
+                for path in (
+                    "/images",
+                    "/images?model_id=m1",
+                    f"/images/{meta['image_id']}/content",
+                ):
+                    started = time.monotonic()
+                    response = requests.get(f"{url}{path}", timeout=30)
+                    elapsed = time.monotonic() - started
+                    assert response.status_code == 503, (path, response.text)
+                    assert elapsed < bound + 1.5, (path, elapsed)  # 1.5 s for a busy machine
+            finally:
+                os.kill(ferretdb, signal.SIGCONT)
