@@ -59,6 +59,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "images.errors.JSONErrorMiddleware",
+    "images.deadline.LookupDeadline",  # a hung MongoDB: a lookup's 503 within MONGO_TIMEOUT_MS + 1 s
 ]
 
 ROOT_URLCONF = "imageservice.urls"
