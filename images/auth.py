@@ -29,6 +29,9 @@ class Principal:
     scopes: frozenset[str]
     is_authenticated = True
 
+    def __str__(self) -> str:
+        return self.name  # as pages show the caller (DRF's browsable API prints `user`)
+
     def has(self, scope: str) -> bool:
         granted = {s for s in self.scopes if s in apikeys.SCOPES}
         rank = max((apikeys.SCOPES.index(s) for s in granted), default=-1)
@@ -49,7 +52,10 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         found = apikeys.verify(key)
         if found is None or not found.name.strip():  # nameless: made before names were checked
-            raise AuthenticationFailed("The API key is not valid, or it has been revoked.")
+            raise AuthenticationFailed(
+                "The API key is not valid, or it has been revoked. Keys work only in the store they "
+                f"were made in; this service checks {apikeys.get_key_store().WHERE}."
+            )
         return Principal(found.name, frozenset(found.scopes)), found
 
     def authenticate_header(self, request) -> str:

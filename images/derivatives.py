@@ -116,6 +116,8 @@ def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spe
         width = height = settings.DERIVATIVE_PRESETS[preset]
     else:
         width, height = _size(query, "w"), _size(query, "h")
+    if query.get("fit") == "cover" and not (width and height):
+        raise InvalidRequest("fit=cover fills a box: give both w and h (or a preset).", code="invalid_fit")
     fmt = query.get("format", "auto" if preset else original_format)
     negotiated = fmt == "auto"
     if negotiated:

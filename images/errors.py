@@ -21,7 +21,7 @@ from django.core.exceptions import (
 from django.db import OperationalError
 from django.http import Http404, HttpRequest, JsonResponse, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 from rest_framework import exceptions, status
 
 from imageservice.pacing import ClientTooSlow
@@ -85,7 +85,10 @@ def as_api_exception(exc: Exception) -> exceptions.APIException | None:
         return exceptions.NotFound(str(exc) or "Not found.")
     if isinstance(exc, PermissionDenied):
         return exceptions.PermissionDenied(str(exc) or None)
-    if isinstance(exc, ConnectionFailure) or _sqlite_says(exc, "locked"):
+    # A timeout is a server that did not answer in time (pymongo.timeout's deadline included), even
+    # when the server itself reports it (ExecutionTimeout).
+    timed_out = isinstance(exc, PyMongoError) and exc.timeout
+    if isinstance(exc, ConnectionFailure) or timed_out or _sqlite_says(exc, "locked"):
         log.warning("storage unavailable: %s", exc)
         return StorageUnavailable()
     if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or _sqlite_says(exc, "full"):

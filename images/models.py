@@ -37,6 +37,7 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64, unique=True)
     scopes = models.CharField(max_length=100)
     created_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)  # to within a minute: see apikeys
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

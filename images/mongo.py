@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from contextlib import AbstractContextManager
+from urllib.parse import urlsplit
 
 import pymongo
 from django.conf import settings
@@ -63,6 +64,13 @@ def get_client() -> MongoClient:
 
 def get_database() -> Database:
     return get_client()[settings.MONGO["DB"]]
+
+
+def location() -> str:
+    """Where the records are, for people (the start-up line): the URI's hosts, never its user or
+    password, and the database."""
+    hosts = urlsplit(settings.MONGO["URI"]).netloc.rpartition("@")[2]
+    return f"{hosts}, database {settings.MONGO['DB']}"
 
 
 # The URI's spelling of each mode (readPreference=...), matched without regard to case.

@@ -19,6 +19,7 @@ from .validation import plain_integer
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+COUNT_HEADER = "X-Total-Count"
 
 
 def parse_limit(request: HttpRequest) -> int:
@@ -26,6 +27,14 @@ def parse_limit(request: HttpRequest) -> int:
     if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}.", code="invalid_limit")
     return limit
+
+
+def parse_count(request: HttpRequest) -> bool:
+    """`?count=true` asks for the total: opt-in, since it costs a count of every matching record."""
+    raw = request.GET.get("count", "false")
+    if raw not in ("true", "false"):
+        raise InvalidRequest("count must be true or false.", code="invalid_count")
+    return raw == "true"
 
 
 def parse_cursor(request: HttpRequest) -> Position | None:

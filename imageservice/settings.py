@@ -63,6 +63,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "images.errors.JSONErrorMiddleware",
+    "images.deadline.LookupDeadline",  # a hung MongoDB: a lookup's 503 within MONGO_TIMEOUT_MS + 1 s
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its 429
 ]
 
@@ -247,7 +248,7 @@ if NUM_PROXIES:
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
+        "images.browsable.BrowsableAPI",  # DRF's, titled and with sign-in links
     ],
     "DEFAULT_PARSER_CLASSES": [
         "images.parsers.MultiPartParser",  # DRF's, leaving no spool file behind a failed upload
@@ -308,6 +309,7 @@ CORS_EXPOSE_HEADERS = [
     "Content-Length",
     "Link",
     "X-Request-ID",
+    "X-Total-Count",
 ]
 
 # --- Operations ------------------------------------------------------------------------------

@@ -21,6 +21,5 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         except apikeys.KeyExists as exc:
             raise CommandError(f"a key named {name!r} exists already") from exc
-        apikeys.forget_cached()
         self.stderr.write(f"Created API key {name!r} with scopes {scopes}. Store it now: it is not kept.")
         self.stdout.write(key)

@@ -17,6 +17,8 @@ Kinds of damage:
   (and so the bytes); otherwise a person decides, since damaged bytes may still be worth something.
 - The GridFS files of the Flask service's records, adopted or set aside or not yet (images/legacy.py),
   are not blobs: left alone, whatever their names, and counted as legacy_files.
+- wrong_dimensions (with --deep): a record whose width and height are not the picture's as shown,
+  after EXIF orientation (records stored before uploads applied it). --repair stores the right ones.
 - temp_file (embedded mode: `<blobs>/.tmp`), orphan_chunks (mongo mode: GridFS chunks without a files
   document), upload_temp_file (spooled uploads in FILE_UPLOAD_TEMP_DIR): what unfinished writes left
   behind. Deleted by --repair.
@@ -35,6 +37,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
+from bson import ObjectId
 from django.conf import settings
 from django.core.files.storage import Storage
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -44,8 +47,10 @@ from pymongo.errors import PyMongoError
 
 from images import legacy, mongo, services
 from images.bulk import human_bytes
-from images.documents import Documents, ImageRecord, get_documents, iter_records
+from images.documents import Documents, ImageRecord, MongoDocuments, get_documents, iter_records
+from images.errors import UnprocessableImage
 from images.storage import Leftover, files_in, image_storage
+from images.validation import opened, shown_size
 
 BROKEN_RECORDS_FLAG = "--delete-broken-records"
 FSCK = "~fsck"  # the pin fsck takes to delete an orphan blob the way a delete does
@@ -88,6 +93,7 @@ class Check:
         self.users: defaultdict[str, list[str]] = defaultdict(list)  # blob name: image_ids
         self.sizes: dict[str, int] = {}  # blob name: the size its records give
         self.legacy_files: set[str] = set()  # names of the Flask service's files (see images/legacy.py)
+        self.dimensions: defaultdict[str, list[tuple[str, int, int]]] = defaultdict(list)  # --deep
 
     def run(self, deep: bool) -> None:
         # Blobs are listed before records are read: a blob is written before its record, so every
@@ -100,6 +106,8 @@ class Check:
             self.records += 1
             self.users[record.sha256].append(record.image_id)
             self.sizes[record.sha256] = record.size
+            if deep:
+                self.dimensions[record.sha256].append((record.image_id, record.width, record.height))
             if record.sha256 not in self.blobs:
                 missing.append(record)
         self.missing_blobs(missing)
@@ -107,6 +115,7 @@ class Check:
         self.orphan_blobs()
         if deep:
             self.damaged_blobs()
+            self.wrong_dimensions()
         for leftover in self.storage.leftovers():
             self.leftover(self.storage.LEFTOVER_KIND, leftover, self.storage.delete_leftover)
         spool = Path(settings.FILE_UPLOAD_TEMP_DIR)
@@ -195,6 +204,22 @@ class Check:
             return "size_mismatch", f"its chunks do not make up its {expected:,} bytes ({exc})"
         return None if actual == name else ("sha256_mismatch", f"its bytes hash to {actual}")
 
+    def wrong_dimensions(self) -> None:
+        """Records whose width and height are not the shown picture's (read from each blob's header)."""
+        for name, records in sorted(self.dimensions.items()):
+            try:
+                with self.storage.open(name) as blob, opened(blob, settings.ALLOWED_IMAGE_FORMATS) as im:
+                    shown = shown_size(im)
+            except (FileNotFoundError, UnprocessableImage, CorruptGridFile):
+                continue  # gone since the listing, or damaged: the other checks' business
+            for image_id, width, height in records:
+                if (width, height) != shown:
+                    right = "x".join(map(str, shown))
+                    detail = f"says {width}x{height}; shown (EXIF orientation applied), it is {right}"
+                    fix = partial(set_dimensions, self.docs, image_id, *shown)
+                    remedy = "store the shown width and height"
+                    self.problems.append(Problem("wrong_dimensions", image_id, detail, remedy, fix))
+
     def broken(self, problem: Problem, image_ids: list[str]) -> None:
         """Bytes missing or damaged: the records are deleted (and so the blob) only if asked to."""
         count = f"{len(image_ids)} record(s)" if len(image_ids) > 1 else "the record"
@@ -229,6 +254,15 @@ class Check:
                 problem.repaired = True
             except (OSError, PyMongoError, DatabaseError) as exc:
                 problem.remedy += f" ({exc.__class__.__name__}: {exc})"
+
+
+def set_dimensions(docs: Documents, image_id: str, width: int, height: int) -> None:
+    """Records never change otherwise, so the document manager has no update: fsck writes these two
+    fields itself."""
+    if isinstance(docs, MongoDocuments):
+        docs.collection.update_one({"_id": ObjectId(image_id)}, {"$set": {"width": width, "height": height}})
+    else:
+        docs.rows.filter(image_id=image_id).update(width=width, height=height)
 
 
 def delete_records(image_ids: list[str]) -> None:

@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 from images import apikeys, legacy
 from images.auth import jwt_configured
 from images.documents import MongoDocuments
-from images.mongo import get_client, get_database
+from images.mongo import get_client, get_database, location
 from imageservice.gunicorn_conf import METRICS_DIR_PREFIX
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Command(BaseCommand):
             if settings.MONGO:
                 get_client().close()  # MongoClient is not fork-safe: the workers make their own
         self._prepare_metrics(bind)
-        mode = "mongo" if settings.MONGO else f"embedded ({settings.DATA_DIR})"
+        mode = f"mongo ({location()})" if settings.MONGO else f"embedded ({settings.DATA_DIR})"
         self.stdout.write(f"image-service: {mode} mode, listening on http://{bind}/")
         self.stdout.flush()
         argv = [
