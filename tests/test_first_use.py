@@ -21,7 +21,7 @@ from PIL import Image
 from images import apikeys
 from images.documents import get_documents
 from images.management.commands.fsck import set_dimensions
-from images.models import ApiKey, Lease, StoredImage
+from images.models import ApiKey, DerivativeUse, Lease, StoredImage
 from tests import servers, test_server
 from tests.samples import image_bytes
 from tests.servers import ROOT
@@ -219,7 +219,7 @@ def test_every_collection_and_table_the_service_makes_is_in_the_readme(store, cl
         assert set(store.mongo_db.list_collection_names()) <= documented, documented
     else:
         layout = README.split("**Embedded layout**")[1].split("```")[1]
-        for model in (StoredImage, ApiKey, Lease):
+        for model in (StoredImage, ApiKey, Lease, DerivativeUse):
             assert f"`{model._meta.db_table}`" in layout, model
 
 
