@@ -3,21 +3,43 @@
 Images are not ORM models in Mongo mode, so their pages go through the document manager and the
 services (never the ORM): browse newest first with previews, filter by model, search by filename or
 sha256, see who uploaded what, and delete (which frees the bytes once nothing else uses them).
+
+API keys live in the same store as the images, so their pages go through the key store: superusers
+list them (scopes, created, last used), create one (shown once) and revoke one.
 """
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
 
-from . import services
+from . import apikeys, services
 from .documents import get_documents
 from .errors import InvalidRequest
 from .pagination import encode_cursor, parse_cursor
 from .validation import validate_model_id
 
 PAGE_SIZE = 50
+
+
+class NewKeyForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Who or what uses the key; recorded as uploaded_by.")
+    scope = forms.ChoiceField(
+        choices=[
+            ("read", "read"),
+            ("write", "write: upload (and read)"),
+            ("admin", "admin: delete (and write and read)"),
+        ],
+        initial="write",
+        widget=forms.RadioSelect,
+    )
+
+    def scopes(self) -> tuple[str, ...]:
+        """The chosen scope and the ones it includes, as `create_api_key --scopes` stores them."""
+        return apikeys.SCOPES[: apikeys.SCOPES.index(self.cleaned_data["scope"]) + 1]
 
 
 class ImageServiceAdminSite(admin.AdminSite):
@@ -28,6 +50,9 @@ class ImageServiceAdminSite(admin.AdminSite):
         return [
             path("images/", self.admin_view(self.browse), name="images_browse"),
             path("images/<str:image_id>/delete/", self.admin_view(self.delete), name="images_delete"),
+            path("api-keys/", self.admin_view(self.keys), name="api_keys"),
+            path("api-keys/add/", self.admin_view(self.add_key), name="api_keys_add"),
+            path("api-keys/<str:name>/revoke/", self.admin_view(self.revoke_key), name="api_keys_revoke"),
             *super().get_urls(),
         ]
 
@@ -36,13 +61,20 @@ class ImageServiceAdminSite(admin.AdminSite):
         if app_label in (None, "images"):
             url = reverse("admin:images_browse", current_app=self.name)
             entry = {"name": "Images", "object_name": "Image", "admin_url": url, "view_only": True}
+            models = [{**entry, "perms": {"view": True}}]
+            if request.user.is_superuser:
+                keys = reverse("admin:api_keys", current_app=self.name)
+                add = reverse("admin:api_keys_add", current_app=self.name)
+                perms = {"view": True, "add": True, "change": True}
+                entry = {"name": "API keys", "object_name": "ApiKey", "admin_url": keys, "add_url": add}
+                models.append({**entry, "perms": perms})
             apps.append(
                 {
                     "name": "Images",
                     "app_label": "images",
                     "app_url": url,
                     "has_module_perms": True,
-                    "models": [{**entry, "perms": {"view": True}}],
+                    "models": models,
                 }
             )
         return apps
@@ -82,3 +114,40 @@ class ImageServiceAdminSite(admin.AdminSite):
             return HttpResponseRedirect(reverse("admin:images_browse", current_app=self.name))
         context = {**self.each_context(request), "title": "Delete image?", "record": record}
         return TemplateResponse(request, "admin/images/delete.html", context)
+
+    @staticmethod
+    def _superuser_only(request: HttpRequest) -> None:
+        """A key outlives the account of whoever made it, so only superusers manage keys."""
+        if not request.user.is_superuser:
+            raise PermissionDenied
+
+    def keys(self, request: HttpRequest) -> HttpResponse:
+        self._superuser_only(request)
+        context = {**self.each_context(request), "title": "API keys", "keys": apikeys.get_key_store().all()}
+        return TemplateResponse(request, "admin/images/api_keys.html", context)
+
+    def add_key(self, request: HttpRequest) -> HttpResponse:
+        self._superuser_only(request)
+        form = NewKeyForm(request.POST if request.method == "POST" else None)
+        key = None  # shown once, on this answer only (which admin_view keeps out of caches)
+        if form.is_valid():
+            try:
+                key = apikeys.create_key(form.cleaned_data["name"], form.scopes())
+            except apikeys.KeyExists:
+                form.add_error("name", "A key of that name exists already (revoked keys keep their names).")
+        context = {**self.each_context(request), "title": "Add API key", "form": form, "key": key}
+        if key:
+            name = form.cleaned_data["name"]
+            context |= {"title": "API key created", "name": name, "scopes": form.scopes()}
+        return TemplateResponse(request, "admin/images/api_key_add.html", context)
+
+    def revoke_key(self, request: HttpRequest, name: str) -> HttpResponse:
+        self._superuser_only(request)
+        if request.method == "POST":
+            if apikeys.revoke_key(name):
+                messages.success(request, f"Revoked the API key {name!r}.")
+            else:
+                messages.error(request, f"There is no active API key named {name!r}.")
+            return HttpResponseRedirect(reverse("admin:api_keys", current_app=self.name))
+        context = {**self.each_context(request), "title": "Revoke API key?", "name": name}
+        return TemplateResponse(request, "admin/images/api_key_revoke.html", context)

@@ -29,6 +29,9 @@ class Principal:
     scopes: frozenset[str]
     is_authenticated = True
 
+    def __str__(self) -> str:
+        return self.name  # as pages show the caller (DRF's browsable API prints `user`)
+
     def has(self, scope: str) -> bool:
         granted = {s for s in self.scopes if s in apikeys.SCOPES}
         rank = max((apikeys.SCOPES.index(s) for s in granted), default=-1)
@@ -48,8 +51,11 @@ class ApiKeyAuthentication(BaseAuthentication):
         if key is None:
             return None
         found = apikeys.verify(key)
-        if found is None:
-            raise AuthenticationFailed("The API key is not valid, or it has been revoked.")
+        if found is None or not found.name.strip():  # nameless: made before names were checked
+            raise AuthenticationFailed(
+                "The API key is not valid, or it has been revoked. Keys work only in the store they "
+                f"were made in; this service checks {apikeys.get_key_store().WHERE}."
+            )
         return Principal(found.name, frozenset(found.scopes)), found
 
     def authenticate_header(self, request) -> str:
@@ -82,10 +88,13 @@ class JWTAuthentication(BaseAuthentication):
                 issuer=settings.JWT_ISSUER or None,
                 options={"require": ["exp", "sub"], "verify_aud": bool(settings.JWT_AUDIENCE)},
             )
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidKeyError too: an ES256 header against an RSA key
             raise AuthenticationFailed(f"The bearer token is not valid: {exc}.") from exc
+        subject = str(claims["sub"]).strip()
+        if not subject:  # it would be recorded as uploaded_by, and names the caller in logs
+            raise AuthenticationFailed("The bearer token is not valid: its sub is empty.")
         scopes = claims.get("scope", "")
-        return Principal(str(claims["sub"]), frozenset(str(scopes).split())), claims
+        return Principal(subject, frozenset(str(scopes).split())), claims
 
     def authenticate_header(self, request) -> str:
         return CHALLENGE

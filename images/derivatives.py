@@ -11,31 +11,52 @@ already (DCT-scaled). So a large JPEG original gets a *base* when it is stored: 
 and in sRGB, as a JPEG of 640-1279 px on its long side (`<sha256>_base.jpg`, a derivative like any
 other). Every derivative that only shrinks the base is made from it, about 6x faster than from a
 12 MP original; anything larger, or an original without a base, is made from the original.
+
+What one request can cost is bounded (the derivative budget): a derivative's name holds only its
+canonical parameters (`q` rounded to one of QUALITIES, none for PNG, `fit` only with a size), no
+derivative is larger than its original, and a full-size re-encode has at most
+DERIVATIVE_MAX_PIXELS. Each one is made in a child process (images/sandbox.py) killed after
+DERIVATIVE_TIMEOUT or past DERIVATIVE_MEMORY_MB, one at a time per worker, and only for a caller
+within THROTTLE_DERIVE. What they all occupy is kept under DERIVATIVE_CACHE_MB by
+images/derivative_cache.py, which removes the least recently used.
 """
 
 import io
 import logging
+import shutil
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO
 
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
 from django.http import QueryDict
 from PIL import Image, ImageCms, ImageOps
 from pymongo.errors import PyMongoError
 
-from . import leases
+from . import derivative_cache, leases, throttling
 from .documents import ImageRecord
 from .errors import InvalidRequest, StorageUnavailable, UnprocessableImage
+from .sandbox import OverLimit, run_limited
 from .storage import image_storage
-from .validation import opened
+from .validation import opened, plain_integer
 
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
 DEFAULT_QUALITY = {"jpeg": 85, "webp": 80, "avif": 60, "png": 100}
+# `q` is rounded to the nearest of these, so that q=31..34 is one derivative, not four. PNG is
+# lossless: its quality is always DEFAULT_QUALITY's, whatever `q` says.
+QUALITIES = (20, 40, 60, 70, 80, 85, 90)
 PARAMS = ("w", "h", "fit", "format", "q", "preset")
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 log = logging.getLogger(__name__)
 BASE_SIDE = 640  # the card preset: a base serves it, and every smaller size, by shrinking
+# One make at a time per worker process, so that a worker's makes take DERIVATIVE_MEMORY_MB at most.
+_making = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -65,10 +86,20 @@ def _size(query: QueryDict, key: str) -> int | None:
     if raw is None:
         return None
     allowed = settings.DERIVATIVE_SIZES
-    if not raw.isdigit() or int(raw) not in allowed:
+    if (size := plain_integer(raw)) not in allowed:
         sizes = ", ".join(map(str, allowed))
         raise InvalidRequest(f"{key} must be one of {sizes} (or use a preset).", code="invalid_size")
-    return int(raw)
+    return size
+
+
+def _quality(query: QueryDict, fmt: str) -> int:
+    """The canonical quality: PNG's fixed one, or `q` rounded to the nearest of QUALITIES."""
+    raw = query.get("q")
+    if raw is not None and not 1 <= (plain_integer(raw) or 0) <= 100:
+        raise InvalidRequest("q must be an integer from 1 to 100.", code="invalid_quality")
+    if fmt == "png" or raw is None:
+        return DEFAULT_QUALITY[fmt]
+    return min(QUALITIES, key=lambda level: (abs(level - int(raw)), -level))
 
 
 def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spec, bool]:
@@ -85,17 +116,16 @@ def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spe
         width = height = settings.DERIVATIVE_PRESETS[preset]
     else:
         width, height = _size(query, "w"), _size(query, "h")
+    if query.get("fit") == "cover" and not (width and height):
+        raise InvalidRequest("fit=cover fills a box: give both w and h (or a preset).", code="invalid_fit")
     fmt = query.get("format", "auto" if preset else original_format)
     negotiated = fmt == "auto"
     if negotiated:
         fmt = "avif" if "image/avif" in accept else "webp" if "image/webp" in accept else original_format
     if fmt not in FORMATS:
         raise InvalidRequest("format must be jpeg, png, webp, avif or auto.", code="invalid_format")
-    raw_q = query.get("q")
-    if raw_q is not None and not (raw_q.isdigit() and 1 <= int(raw_q) <= 100):
-        raise InvalidRequest("q must be an integer from 1 to 100.", code="invalid_quality")
-    quality = int(raw_q) if raw_q else DEFAULT_QUALITY[fmt]
-    return Spec(width, height, query.get("fit", "contain"), fmt, quality), negotiated
+    fit = query.get("fit", "contain") if width or height else "contain"  # a full-size one has no fit
+    return Spec(width, height, fit, fmt, _quality(query, fmt)), negotiated
 
 
 def ensure(record: ImageRecord, spec: Spec) -> str:
@@ -106,28 +136,37 @@ def ensure(record: ImageRecord, spec: Spec) -> str:
     while not storage.exists(name):
         with leases.holding(name, settings.DERIVATIVE_TIMEOUT + 5) as mine:
             if mine and not storage.exists(name):
-                storage.save(name, ContentFile(_make(record, spec)))
-                break
+                throttling.check_derive()  # a 429 for a caller past THROTTLE_DERIVE
+                data = _make(record, spec)
+                storage.save(name, ContentFile(data))
+                if not storage.exists(record.sha256):
+                    # The original's last pin went while we made this, and its delete may have
+                    # swept its derivatives before ours existed: take ours too, as a read of a
+                    # deleted image (see images/storage.py).
+                    storage.delete(name)
+                    raise FileNotFoundError(record.sha256)
+                derivative_cache.made(name, len(data))
+                return name
         if time.monotonic() > give_up:
             raise StorageUnavailable("The derivative is still being made; retry shortly.")
         time.sleep(0.02)  # another worker is making it
+    derivative_cache.used(name)
     return name
 
 
 def _make(record: ImageRecord, spec: Spec) -> bytes:
     """The derivative's bytes, from the original's base when the base holds enough pixels."""
-    deadline = _Deadline()
     storage = image_storage()
-    im = None
+    made = None
     try:
         with storage.open(base_name(record.sha256)) as base:
-            im = _decoded(base, spec, ["JPEG"], deadline, only_shrinking=True)
+            made = render(base, spec, ["JPEG"], only_shrinking=True)
     except FileNotFoundError:
         pass  # a small or non-JPEG original, or one stored before bases existed
-    if im is None:
+    if made is None:
         with storage.open(record.sha256) as original:
-            im = _decoded(original, spec, settings.ALLOWED_IMAGE_FORMATS, deadline)
-    return _finished(im, spec, deadline)
+            made = render(original, spec, settings.ALLOWED_IMAGE_FORMATS)
+    return made
 
 
 def base_name(sha256: str) -> str:
@@ -156,28 +195,18 @@ def base_bytes(preview: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def delete_all(sha256: str) -> None:
-    """Deletes every derivative of an original (called once its bytes go)."""
-    storage = image_storage()
+def delete_all(sha256: str, storage: Storage | None = None) -> None:
+    """Deletes every derivative of an original (called once its bytes go). A derivative being made
+    meanwhile is deleted by its maker (see `ensure`)."""
+    storage = storage or image_storage()
     for name in storage.names_starting(f"{sha256}_"):
         storage.delete(name)
+        derivative_cache.forget(name)
 
 
 def output_format(original_content_type: str) -> str:
     """The original's format as a derivative format: GIF (and anything else) becomes PNG."""
     return {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp"}.get(original_content_type, "png")
-
-
-class _Deadline:
-    def __init__(self) -> None:
-        self.end = time.monotonic() + settings.DERIVATIVE_TIMEOUT
-
-    def check(self) -> None:
-        if time.monotonic() > self.end:
-            raise UnprocessableImage(
-                f"Making this derivative took longer than {settings.DERIVATIVE_TIMEOUT}s.",
-                code="derivative_timeout",
-            )
 
 
 def _target(size: tuple[int, int], spec: Spec) -> tuple[int, int]:
@@ -213,11 +242,50 @@ def _to_srgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def render(file, spec: Spec, allowed_formats: list[str]) -> bytes:
-    """Makes the derivative's bytes from the original's seekable file, within the pixel and
-    time limits."""
-    deadline = _Deadline()
-    return _finished(_decoded(file, spec, allowed_formats, deadline), spec, deadline)
+def render(file: IO[bytes], spec: Spec, allowed_formats: list[str], *, only_shrinking: bool = False):
+    """The derivative's bytes, made from the seekable `file` in a child process within
+    DERIVATIVE_TIMEOUT and DERIVATIVE_MEMORY_MB (422 past either, having stored nothing); None when
+    `only_shrinking` and the file has fewer pixels than `spec` needs."""
+    if not _making.acquire(timeout=settings.DERIVATIVE_TIMEOUT):
+        raise StorageUnavailable("Derivatives are being made for others; retry shortly.", code="busy")
+    try:
+        with _readable_in_child(file) as source:
+
+            def work() -> bytes | None:
+                im = _decoded(source, spec, allowed_formats, only_shrinking=only_shrinking)
+                return None if im is None else _finished(im, spec)
+
+            return run_limited(work, settings.DERIVATIVE_TIMEOUT, settings.DERIVATIVE_MEMORY_MB)
+    except OverLimit as exc:
+        if exc.reason != "time":
+            # Short of memory, an encoder says so in its own words ("Encoding of color planes
+            # failed"): the original passed the upload's checks, so the limit is the likely cause.
+            log.warning("derivative %s not made: %s", spec, exc.detail)
+        raise UnprocessableImage(
+            f"Making this derivative took longer than {settings.DERIVATIVE_TIMEOUT:g} s."
+            if exc.reason == "time"
+            else f"Making this derivative needed more than {settings.DERIVATIVE_MEMORY_MB} MB.",
+            code="derivative_timeout" if exc.reason == "time" else "derivative_too_large",
+        ) from exc
+    finally:
+        _making.release()
+
+
+@contextmanager
+def _readable_in_child(file: IO[bytes]) -> Iterator[IO[bytes]]:
+    """`file` itself when a forked child can read it (a real file, bytes in memory); otherwise (a
+    GridFS blob, read through the parent's MongoDB connection) a copy in an unnamed temporary file."""
+    raw = getattr(file, "file", file)
+    try:
+        if isinstance(raw, io.BytesIO) or raw.fileno() >= 0:
+            yield raw
+            return
+    except (AttributeError, OSError):
+        pass
+    with tempfile.TemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR) as copy:
+        file.seek(0)
+        shutil.copyfileobj(file, copy, 1024 * 1024)
+        yield copy
 
 
 def _shrinks(size: tuple[int, int], spec: Spec) -> bool:
@@ -228,13 +296,19 @@ def _shrinks(size: tuple[int, int], spec: Spec) -> bool:
     return bool((spec.width and spec.width < width) or (spec.height and spec.height < height))
 
 
-def _decoded(file, spec: Spec, formats: list[str], deadline: _Deadline, *, only_shrinking: bool = False):
+def _decoded(file, spec: Spec, formats: list[str], *, only_shrinking: bool = False):
     """The first frame, oriented and in sRGB, decoded DCT-scaled where that suffices; None when
     `only_shrinking` and `spec` needs more pixels than the file has."""
     with opened(file, formats) as source:
+        width, height = source.size
+        if not (spec.width or spec.height) and width * height > settings.DERIVATIVE_MAX_PIXELS:
+            raise UnprocessableImage(  # from the header: a PNG's getexif() below decodes it all
+                f"The image is {width}x{height} pixels; a full-size derivative may have at most "
+                f"{settings.DERIVATIVE_MAX_PIXELS}. Ask for a size (w, h or a preset).",
+                code="too_many_pixels",
+            )
         source.seek(0)  # animated GIF/WebP: the first frame only
         transposed = source.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-        width, height = source.size
         oriented = (height, width) if transposed else (width, height)
         if only_shrinking and not _shrinks(oriented, spec):
             return None
@@ -242,10 +316,7 @@ def _decoded(file, spec: Spec, formats: list[str], deadline: _Deadline, *, only_
         if source.format == "JPEG":
             source.draft(source.mode, (box[1], box[0]) if transposed else box)  # DCT scaling
         source.load()
-        deadline.check()
-        im = _normalized(source)
-    deadline.check()
-    return im
+        return _normalized(source)
 
 
 def _normalized(im: Image.Image) -> Image.Image:
@@ -253,15 +324,21 @@ def _normalized(im: Image.Image) -> Image.Image:
     return _to_srgb(ImageOps.exif_transpose(im))
 
 
-def _finished(im: Image.Image, spec: Spec, deadline: _Deadline) -> bytes:
+def _finished(im: Image.Image, spec: Spec) -> bytes:
     if spec.fit == "cover" and spec.width and spec.height:
-        im = ImageOps.fit(im, (spec.width, spec.height), Image.Resampling.LANCZOS)
+        im = ImageOps.fit(im, _cover_box(im.size, spec), Image.Resampling.LANCZOS)
     else:
         target = _target(im.size, spec)
         if target != im.size:
             im = im.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    deadline.check()
     return _encode(im, spec)
+
+
+def _cover_box(size: tuple[int, int], spec: Spec) -> tuple[int, int]:
+    """The box that `cover` fills: w x h, or the largest box of that shape within a smaller
+    image, since a derivative never has more pixels than its original."""
+    scale = min(1.0, size[0] / spec.width, size[1] / spec.height)
+    return max(1, round(spec.width * scale)), max(1, round(spec.height * scale))
 
 
 def _encode(im: Image.Image, spec: Spec) -> bytes:

@@ -4,10 +4,8 @@ Both managers take and return the same `ImageRecord`s and order pages the same w
 keyset on `(uploaded_at, image_id)`), so a page costs the same at record 100 as at record 100,000.
 """
 
-import contextlib
 import re
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Protocol
@@ -63,13 +61,11 @@ class Documents(Protocol):
 
     def count(self, model_id: str | None = None) -> int: ...
 
-    def delete(self, image_id: str) -> ImageRecord | None: ...
+    def delete(self, image_id: str) -> ImageRecord | None:
+        """The deleted record; None if there was none, or a concurrent delete of it won."""
 
     def references(self, sha256: str) -> bool:
         """Whether any record still needs the blob `sha256`."""
-
-    def atomic(self) -> AbstractContextManager[None]:
-        """Serializes a record change with the blob check that follows it, where the store can."""
 
 
 def iter_records(docs: Documents, model_id: str | None = None, batch: int = 1000) -> Iterator[ImageRecord]:
@@ -85,13 +81,25 @@ def new_image_id() -> str:
     return str(ObjectId())
 
 
+# A record in today's shape always has its sha256. The Flask service's records (images/legacy.py) do
+# not: every read leaves them out until `manage.py adopt_legacy` turns them into records like these.
+CURRENT = {"sha256": {"$exists": True}}
+
+
 class MongoDocuments:
     INDEXES = [
         IndexModel(
             [("model_id", ASCENDING), ("uploaded_at", DESCENDING), ("_id", DESCENDING)],
             name="model_newest",
         ),
-        IndexModel([("model_id", ASCENDING), ("sha256", ASCENDING)], name="model_sha256", unique=True),
+        # Partial: legacy records share a model_id and lack a sha256, which a plain unique index
+        # counts as a duplicate null and so would not build beside them.
+        IndexModel(
+            [("model_id", ASCENDING), ("sha256", ASCENDING)],
+            name="model_sha256",
+            unique=True,
+            partialFilterExpression=CURRENT,
+        ),
         IndexModel([("sha256", ASCENDING)], name="sha256"),
         IndexModel([("uploaded_at", DESCENDING), ("_id", DESCENDING)], name="newest"),
     ]
@@ -122,8 +130,9 @@ class MongoDocuments:
     def get(self, image_id: str) -> ImageRecord | None:
         if not ObjectId.is_valid(image_id):
             return None
+        # By _id alone, the one filter FerretDB looks up rather than scans for; legacy ones are dropped here.
         doc = self.collection.find_one({"_id": ObjectId(image_id)})
-        return doc and self._record(doc)
+        return self._record(doc) if doc and "sha256" in doc else None
 
     def find(self, model_id: str, sha256: str) -> ImageRecord | None:
         doc = self.collection.find_one({"model_id": model_id, "sha256": sha256})
@@ -157,24 +166,27 @@ class MongoDocuments:
             )
         # A single condition stays a plain filter, which every server plans best.
         query = conditions[0] if len(conditions) == 1 else {"$and": conditions} if conditions else {}
-        cursor = self.collection.find(query).sort([("uploaded_at", -1), ("_id", -1)]).limit(limit)
+        cursor = (
+            self.collection.find({**query, **CURRENT}).sort([("uploaded_at", -1), ("_id", -1)]).limit(limit)
+        )
         return [self._record(doc) for doc in cursor]
 
     def count(self, model_id: str | None = None) -> int:
-        return self.collection.count_documents({} if model_id is None else {"model_id": model_id})
+        return self.collection.count_documents(
+            CURRENT if model_id is None else {"model_id": model_id, **CURRENT}
+        )
 
     def delete(self, image_id: str) -> ImageRecord | None:
         if not ObjectId.is_valid(image_id):
             return None
-        doc = self.collection.find_one_and_delete({"_id": ObjectId(image_id)})
-        return doc and self._record(doc)
+        # Not find_one_and_delete: FerretDB answers it with the document to every concurrent caller.
+        doc = self.collection.find_one({"_id": ObjectId(image_id), **CURRENT})
+        if doc is None or self.collection.delete_one({"_id": doc["_id"]}).deleted_count != 1:
+            return None
+        return self._record(doc)
 
     def references(self, sha256: str) -> bool:
         return self.collection.find_one({"sha256": sha256}, {"_id": 1}) is not None
-
-    def atomic(self) -> AbstractContextManager[None]:
-        # A standalone server has no multi-document transactions; services.py re-checks instead.
-        return contextlib.nullcontext()
 
 
 class SQLDocuments:
@@ -222,22 +234,14 @@ class SQLDocuments:
         return (self.rows if model_id is None else self.rows.filter(model_id=model_id)).count()
 
     def delete(self, image_id: str) -> ImageRecord | None:
-        with transaction.atomic(using=self.using):
-            row = self.rows.filter(image_id=image_id).first()
-            if row is None:
-                return None
-            record = self._record(row)
-            row.delete()
-        return record
+        row = self.rows.filter(image_id=image_id).first()
+        if row is None:
+            return None
+        deleted, _ = self.rows.filter(image_id=image_id).delete()
+        return self._record(row) if deleted else None  # a concurrent delete took it first
 
     def references(self, sha256: str) -> bool:
         return self.rows.filter(sha256=sha256).exists()
-
-    @contextlib.contextmanager
-    def atomic(self) -> Iterator[None]:
-        # SQLite's write lock (taken at BEGIN IMMEDIATE) serializes the whole block.
-        with transaction.atomic(using=self.using):
-            yield
 
 
 def get_documents() -> Documents:

@@ -106,8 +106,9 @@ def as_api_exception(exc: Exception) -> exceptions.APIException | None:
 
 
 def _mongo_unavailable(exc: Exception) -> bool:
-    """MongoDB gone or too slow (a timeout of any kind), or a blob whose chunks it cannot give whole
-    right now (CorruptGridFile: a download's first read; `fsck --deep` tells if they are lost)."""
+    """MongoDB gone or too slow (a timeout of any kind: pymongo.timeout's deadline, or the server's
+    own ExecutionTimeout), or a blob whose chunks it cannot give whole right now (CorruptGridFile: a
+    download's first read; `fsck --deep` tells if they are lost)."""
     return isinstance(exc, (ConnectionFailure, CorruptGridFile)) or (
         isinstance(exc, PyMongoError) and exc.timeout
     )

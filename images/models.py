@@ -37,6 +37,7 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64, unique=True)
     scopes = models.CharField(max_length=100)
     created_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)  # to within a minute: see apikeys
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -54,6 +55,21 @@ class Lease(models.Model):
 
     class Meta:
         db_table = "leases"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DerivativeUse(models.Model):
+    """A stored derivative's size and last use, for removing the least recently used
+    (images/derivative_cache.py)."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    size = models.BigIntegerField()
+    used_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "derivative_uses"
 
     def __str__(self) -> str:
         return self.name

@@ -10,15 +10,18 @@ the three timeouts below are set, from MONGO_TIMEOUT_MS, and they win over the U
 """
 
 import contextlib
+import logging
 import os
 import threading
 from contextlib import AbstractContextManager
+from urllib.parse import urlsplit
 
 import pymongo
 from django.conf import settings
 from pymongo import IndexModel, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 from pymongo.read_preferences import (
     Nearest,
     Primary,
@@ -27,6 +30,8 @@ from pymongo.read_preferences import (
     SecondaryPreferred,
     _ServerMode,
 )
+
+log = logging.getLogger(__name__)
 
 # How long clean-up after losing MongoDB may wait for it (see `cleanup_deadline`).
 CLEANUP_SECONDS = 1.0
@@ -59,6 +64,13 @@ def get_client() -> MongoClient:
 
 def get_database() -> Database:
     return get_client()[settings.MONGO["DB"]]
+
+
+def location() -> str:
+    """Where the records are, for people (the start-up line): the URI's hosts, never its user or
+    password, and the database."""
+    hosts = urlsplit(settings.MONGO["URI"]).netloc.rpartition("@")[2]
+    return f"{hosts}, database {settings.MONGO['DB']}"
 
 
 # The URI's spelling of each mode (readPreference=...), matched without regard to case.
@@ -97,8 +109,37 @@ def ensure_indexes(collection: Collection, indexes: list[IndexModel]) -> None:
     with _lock:
         if key not in _indexed:
             for index in indexes:
-                collection.create_indexes([index])
+                _create_index(collection, index)
             _indexed.add(key)
+
+
+NOT_IMPLEMENTED, INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT = 238, 85, 86
+
+
+def _create_index(collection: Collection, index: IndexModel) -> None:
+    """Creates one index, where the server differs or an older one exists:
+
+    - FerretDB 1.24 has no partial indexes (NotImplemented). Its unique indexes let documents that
+      lack the fields repeat, which is what the partial filter is for, so the plain index is right
+      there (tests/test_mongo.py). MongoDB never answers NotImplemented to this.
+    - An index of the same name or keys made with other options (by an earlier version, before the
+      filter) is kept, with a warning, rather than failing every write that ensures the indexes.
+    """
+    try:
+        collection.create_indexes([index])
+    except OperationFailure as exc:
+        document = index.document
+        if exc.code == NOT_IMPLEMENTED and "partialFilterExpression" in document:
+            plain = {k: v for k, v in document.items() if k not in ("key", "partialFilterExpression")}
+            collection.create_indexes([IndexModel(list(document["key"].items()), **plain)])
+        elif exc.code in (INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT):
+            log.warning(
+                "%s: index %s exists with other options; kept as it is",
+                collection.full_name,
+                document["name"],
+            )
+        else:
+            raise
 
 
 def cleanup_deadline(failure: BaseException) -> AbstractContextManager:

@@ -15,16 +15,26 @@ from django.utils.http import urlencode
 
 from .documents import ImageRecord, Position
 from .errors import InvalidRequest
+from .validation import plain_integer
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+COUNT_HEADER = "X-Total-Count"
 
 
 def parse_limit(request: HttpRequest) -> int:
-    raw = request.GET.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    limit = plain_integer(request.GET.get("limit", str(DEFAULT_LIMIT)))
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}.", code="invalid_limit")
-    return int(raw)
+    return limit
+
+
+def parse_count(request: HttpRequest) -> bool:
+    """`?count=true` asks for the total: opt-in, since it costs a count of every matching record."""
+    raw = request.GET.get("count", "false")
+    if raw not in ("true", "false"):
+        raise InvalidRequest("count must be true or false.", code="invalid_count")
+    return raw == "true"
 
 
 def parse_cursor(request: HttpRequest) -> Position | None:
@@ -34,7 +44,8 @@ def parse_cursor(request: HttpRequest) -> Position | None:
     try:
         at, image_id = json.loads(base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)))
         position = (datetime.fromisoformat(at), str(image_id))
-    except (ValueError, TypeError, binascii.Error, UnicodeError) as exc:
+    # RecursionError: JSON nested a thousand levels deep
+    except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError) as exc:
         raise InvalidRequest(
             "cursor is not valid; use the URL from the previous page's Link header.",
             code="invalid_cursor",

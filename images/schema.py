@@ -15,7 +15,7 @@ from PIL import Image
 from rest_framework import serializers
 
 from . import derivatives
-from .pagination import DEFAULT_LIMIT, MAX_LIMIT
+from .pagination import COUNT_HEADER, DEFAULT_LIMIT, MAX_LIMIT
 from .serializers import ImageSerializer, UploadSerializer
 from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE
 
@@ -88,10 +88,10 @@ class ImageServiceSchema(AutoSchema):
     reads go without a credential. (With no credential configured, the service runs open.)"""
 
     def get_auth(self) -> list[dict]:
-        auths = super().get_auth()
+        # Public reads state no security at all: an optional one (`{}`) still shows a lock in Swagger UI.
         if self._scope() == "read" and settings.PUBLIC_READ:
-            auths.append({})
-        return auths
+            return []
+        return super().get_auth()
 
     def get_operation(self, *args, **kwargs) -> dict | None:
         operation = super().get_operation(*args, **kwargs)
@@ -193,6 +193,15 @@ PAGE = [
     response_header(
         "Link", '`<URL>; rel="next"` (RFC 8288), unless this is the last page.', [200], required=False
     ),
+    OpenApiParameter(
+        "count",
+        {"type": "boolean", "default": False},
+        description=f"`true` adds `{COUNT_HEADER}`. It counts every matching image on each request: "
+        "cheap for one model (an index range), a scan of all records without one.",
+    ),
+    response_header(
+        COUNT_HEADER, "How many images match, on every page, when `count=true`.", [200], required=False
+    ),
 ]
 ERROR_HEADERS = [
     response_header("WWW-Authenticate", "The schemes to authenticate with.", [401]),
@@ -206,7 +215,8 @@ DERIVATIVE = [
     OpenApiParameter(
         "fit",
         {"type": "string", "enum": ["contain", "cover"], "default": "contain"},
-        description="`contain` fits the box and never upscales; `cover` fills w x h exactly, cropping.",
+        description="`contain` fits the box and never upscales; `cover` fills w x h exactly, cropping "
+        "(it needs both w and h, or a preset).",
     ),
     OpenApiParameter(
         "format",
@@ -223,7 +233,8 @@ DERIVATIVE = [
     ),
 ]
 BAD_DERIVATIVE = {
-    400: "A derivative parameter is not valid: w and h must be allowed sizes, not beside a preset.",
+    400: "A derivative parameter is not valid: w and h must be allowed sizes, not beside a preset; "
+    "fit=cover needs both.",
     422: "No derivative can be made from this original: over the pixel or time limits, or corrupt.",
 }
 VALIDATED = [*SERVED, 304, 412]
@@ -261,7 +272,7 @@ COMMON_ERRORS = {
 }
 NO_IMAGE = {404: "There is no such image."}
 NO_MODEL = {404: "The model has no images."}
-BAD_PAGE = {400: "model_id, limit or cursor is not valid."}
+BAD_PAGE = {400: "model_id, limit, cursor or count is not valid."}
 
 
 def errors(*described: dict[int, str]) -> dict:
@@ -290,10 +301,21 @@ LISTED = OpenApiResponse(ImageSerializer(many=True), "Images, newest first.")
 
 # --- Operations ----------------------------------------------------------------------------------
 
+# Each action's name, in the schema and as the browsable API's page title.
+SUMMARIES = {
+    "upload": "Upload an image",
+    "list": "List images",
+    "model_images": "List a model's images",
+    "retrieve": "An image's metadata",
+    "destroy": "Delete an image",
+    "content": "An image's bytes",
+    "model_image": "A model's newest image's bytes",
+}
+
 OPERATIONS = {
     "upload": extend_schema(
         operation_id="upload_image",
-        summary="Upload an image",
+        summary=SUMMARIES["upload"],
         description="Stores an image for a model and answers its metadata. The type is sniffed from "
         "the bytes, which must decode as a whole image. A model stores the same bytes once: sending "
         "them again answers 200 with the image already stored.",
@@ -318,7 +340,7 @@ OPERATIONS = {
     ),
     "list": extend_schema(
         operation_id="list_images",
-        summary="List images",
+        summary=SUMMARIES["list"],
         description="Every image, or one model's, newest first, a page at a time.",
         tags=["images"],
         parameters=[MODEL_ID_FILTER, *PAGE, *ERROR_HEADERS],
@@ -326,7 +348,7 @@ OPERATIONS = {
     ),
     "model_images": extend_schema(
         operation_id="list_model_images",
-        summary="List a model's images",
+        summary=SUMMARIES["model_images"],
         description="As `GET /images?model_id=`, except that a model without images is a 404.",
         tags=["images"],
         parameters=[MODEL_ID, *PAGE, *ERROR_HEADERS],
@@ -334,14 +356,14 @@ OPERATIONS = {
     ),
     "retrieve": extend_schema(
         operation_id="get_image",
-        summary="An image's metadata",
+        summary=SUMMARIES["retrieve"],
         tags=["images"],
         parameters=[IMAGE_ID, *ERROR_HEADERS],
         responses={200: OpenApiResponse(ImageSerializer, "The image's metadata."), **errors(NO_IMAGE)},
     ),
     "destroy": extend_schema(
         operation_id="delete_image",
-        summary="Delete an image",
+        summary=SUMMARIES["destroy"],
         description="Deletes the image's record, and its bytes unless another model's image shares them.",
         tags=["images"],
         parameters=[IMAGE_ID, *ERROR_HEADERS],
@@ -349,7 +371,7 @@ OPERATIONS = {
     ),
     "content": extend_schema(
         operation_id="get_image_content",
-        summary="An image's bytes",
+        summary=SUMMARIES["content"],
         description="An image_id's bytes never change, so caches may keep them for a year.",
         tags=["content"],
         parameters=[IMAGE_ID, *BYTES_HEADERS],
@@ -357,7 +379,7 @@ OPERATIONS = {
     ),
     "model_image": extend_schema(
         operation_id="get_model_image",
-        summary="A model's newest image's bytes",
+        summary=SUMMARIES["model_image"],
         description="They change when a newer image arrives: caches keep them for MODEL_IMAGE_MAX_AGE "
         "seconds, then revalidate.",
         tags=["content"],

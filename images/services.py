@@ -1,7 +1,8 @@
 """Adding and removing images: records and blobs, written in the order that survives a crash.
 
-Adding writes the blob, then the record: a crash in between leaves an orphan blob (reclaimable),
-never a record without bytes. Removing deletes the record, then the blob once no record needs it.
+Adding pins the blob (writing it first if need be), then writes the record: a crash in between
+leaves a pin without a record (fsck reclaims it), never a record without bytes. Removing deletes the
+record, then gives back its pin; the blob goes with its last pin (see images/storage.py).
 """
 
 import hashlib
@@ -10,10 +11,11 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.files import File
+from django.core.files.storage import Storage
 
 from . import derivatives, hotcache, mongo
 from .documents import Documents, DuplicateImage, ImageRecord, get_documents, new_image_id
-from .errors import InvalidRequest, PayloadTooLarge
+from .errors import InvalidRequest, PayloadTooLarge, StorageUnavailable
 from .observability import BYTES_STORED, IMAGES_STORED, timed
 from .storage import image_storage
 from .validation import ImageInfo, inspect_image, sanitize_filename
@@ -63,12 +65,6 @@ def add_image(
     """
     sha256, info = check_image(file)
     docs = get_documents()
-    if existing := docs.find(model_id, sha256):
-        return existing, False
-
-    storage = image_storage()
-    with timed("blob_save"):
-        storage.save(sha256, file)
     record = ImageRecord(
         image_id=image_id or new_image_id(),
         model_id=model_id,
@@ -81,36 +77,18 @@ def add_image(
         uploaded_at=uploaded_at or now(),
         uploaded_by=uploaded_by,
     )
-    inserted = False
-    try:
-        with docs.atomic(), timed("record_insert"):
-            docs.insert(record)
-            inserted = True
-            # A delete of the last record that shared these bytes may have removed the blob since
-            # we saved it; put it back before answering, so the record never points at nothing.
-            if not storage.exists(sha256):
-                storage.save(sha256, file)
-    except DuplicateImage:
-        # A concurrent upload of the same bytes for the same model won the race: answer with its
-        # record (or, if that was deleted in the meantime, start over).
-        existing = docs.find(model_id, sha256)
-        if existing:
+    # A concurrent upload of the same bytes for the same model may win the insert and then be
+    # deleted before we read it: each round either stores ours or finds theirs, and two such
+    # coincidences in a row are as good as never.
+    for _ in range(3):
+        if existing := docs.find(model_id, sha256):
             return existing, False
+        if _insert(docs, record, file):
+            break
         if image_id:  # the collision was on the id that an import asked to restore
-            raise InvalidRequest(
-                f"image_id {image_id} belongs to another image.", code="image_id_taken"
-            ) from None
-        return add_image(
-            file,
-            model_id,
-            filename=filename,
-            uploaded_at=uploaded_at,
-            image_id=image_id,
-            uploaded_by=uploaded_by,
-        )
-    except BaseException as failure:
-        _undo_quietly(docs, record, inserted, failure)
-        raise
+            raise InvalidRequest(f"image_id {image_id} belongs to another image.", code="image_id_taken")
+    else:
+        raise StorageUnavailable("The image was changed concurrently; retry.")
     hotcache.records.forget(hotcache.scoped("newest", model_id))
     with timed("base_save"):
         derivatives.keep_base(sha256, info.preview)
@@ -119,32 +97,64 @@ def add_image(
     return record, True
 
 
+def _insert(docs: Documents, record: ImageRecord, file: File) -> bool:
+    """Pins (or writes) the blob, then writes the record: False if `(model_id, sha256)` or the
+    image_id exists already, with the pin given back."""
+    storage = image_storage()
+    with timed("blob_save"):
+        hold_blob(storage, record.sha256, file, record.image_id)
+    try:
+        with timed("record_insert"):
+            docs.insert(record)
+        return True
+    except DuplicateImage:
+        release_blob(storage, record.sha256, record.image_id)
+        return False
+    except BaseException as failure:
+        _release_quietly(storage, record, failure)
+        raise
+
+
+def hold_blob(storage: Storage, sha256: str, file: File, holder: str) -> None:
+    """Pins the blob `sha256` for `holder` (a record about to be written), writing it first if it is
+    not there: so a concurrent delete of the last record that shared these bytes either leaves them
+    or finds our pin, and the record never points at nothing (see images/storage.py)."""
+    for _ in range(3):
+        if storage.pin(sha256, holder):
+            return
+        storage.save(sha256, file)  # pinned at once below; until then fsck's grace protects it
+    raise StorageUnavailable("The image's bytes were removed while being stored; retry.")
+
+
+def release_blob(storage: Storage, sha256: str, holder: str) -> None:
+    """Gives back `holder`'s pin; the blob and its derivatives go with the last one."""
+    if storage.unpin(sha256, holder):
+        derivatives.delete_all(sha256, storage)
+
+
 def delete_image(image_id: str) -> ImageRecord | None:
+    """Deletes the record, then gives back its pin; None if it was not there (or another delete of
+    it won: exactly one caller gets the record)."""
     docs = get_documents()
-    with docs.atomic(), timed("delete"):
+    with timed("delete"):
         record = docs.delete(image_id)
         if record is not None:
-            release_blob(docs, record.sha256)
+            release_blob(image_storage(), record.sha256, image_id)
     if record is not None:
         hotcache.records.forget(hotcache.scoped("id", image_id))
         hotcache.records.forget(hotcache.scoped("newest", record.model_id))
     return record
 
 
-def release_blob(docs: Documents, sha256: str) -> None:
-    """Deletes the blob, and the derivatives made from it, once no record refers to it."""
-    if not docs.references(sha256):
-        derivatives.delete_all(sha256)
-        image_storage().delete(sha256)
-
-
-def _undo_quietly(docs: Documents, record: ImageRecord, inserted: bool, failure: BaseException) -> None:
-    """Best-effort clean-up after a failed upload; an orphan left here is reclaimable later. Quick
+def _release_quietly(storage: Storage, record: ImageRecord, failure: BaseException) -> None:
+    """Best-effort clean-up after a failed upload; a pin left here is reclaimed by fsck later. Quick
     when MongoDB was lost, so that the client gets its 503 in time."""
     try:
         with mongo.cleanup_deadline(failure):
-            if inserted:
-                docs.delete(record.image_id)  # a no-op where the transaction rolled it back already
-            release_blob(docs, record.sha256)
+            docs = get_documents()
+            stored = docs.get(record.image_id)  # the insert may have gone through unanswered
+            if stored is None or stored == record:  # else an import's id that another image holds
+                docs.delete(record.image_id)
+                release_blob(storage, record.sha256, record.image_id)
     except Exception:
         log.warning("could not clean up after a failed upload of %s", record.sha256, exc_info=True)

@@ -5,14 +5,32 @@ a name that exists already holds the same bytes and saving it again is a no-op. 
 somewhere invisible first and publish them in one atomic step, so a crash mid-write never leaves a
 readable half-blob under a real name. What an unfinished write leaves behind is listed by
 `leftovers()`, so that `manage.py fsck` can remove it once it is stale.
+
+The life of a blob, one invariant for both storages: *a blob is removed only when no record refers
+to it, and no upload that was answered 2xx can lose its blob.* Every record holds a pin on its blob
+(`pin(name, holder)` with its image_id), taken before the record is written, and gives it back with
+`unpin()` after the record is gone; the blob goes with its last pin, in one step that a new pin
+makes fail. So the check "is it still needed?" and the removal cannot be split by an upload, which
+a standalone MongoDB (no multi-document transactions) could not otherwise promise. We chose pins
+kept with the blob over a sweeper that deletes after a grace period because a pin is exact: a delete
+frees the bytes at once, and no timing assumption guards an acknowledged upload.
+
+Pins live beside the blob: in GridFS, one document per pin in `<bucket>.pins`, and a closing mark
+per name in `<bucket>.closing` while an unpin decides (only inserts and deletes by `_id`, which are
+atomic everywhere; see `GridFSStorage.pin`); on disk, one empty file per pin under
+`.refs/ab/cd/<name>/`, changed under a per-shard `flock`. A blob written before pins existed is
+*untracked*: pinning it succeeds, and nothing unpins it away; `fsck --repair` starts tracking it.
 """
 
 import contextlib
+import fcntl
 import io
 import os
 import re
+import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +53,9 @@ from pymongo.read_preferences import ReadPreference
 from . import mongo
 
 BLOB_NAME = re.compile(r"[0-9a-f]{4}[0-9A-Za-z_.-]*\Z")
+HOLDER = re.compile(r"[0-9A-Za-z_~-]{1,64}\Z")  # an image_id, or fsck's TRACKING: a file and a field name
+TRACKING = "~tracking"  # the pin fsck holds while it starts tracking an untracked blob
+Pins = dict[str, datetime]  # holder: when it pinned
 
 
 def image_storage() -> Storage:
@@ -71,8 +92,18 @@ def _only_root(path: str) -> None:
         raise FileNotFoundError(f"blobs form one flat namespace; only the root can be listed, not {path!r}")
 
 
+def _check_holder(holder: str) -> None:
+    if not HOLDER.match(holder):
+        raise SuspiciousFileOperation(f"{holder!r} cannot hold a pin")
+
+
 class ContentAddressedMixin:
-    """Names are digests of content: never renamed on collision, and saved once."""
+    """Names are digests of content: never renamed on collision, and saved once.
+
+    Pins (see the module's doc): `pin(name, holder) -> bool` (False: no such blob, save it first),
+    `unpin(name, holder) -> bool` (True: that was the last pin, and the blob is gone),
+    `pins(name) -> Pins | None` (None: untracked), and `track(name)` for fsck.
+    """
 
     def get_available_name(self, name: str, max_length: int | None = None) -> str:
         if not is_blob_name(name):
@@ -94,6 +125,7 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
     """
 
     TEMP_DIR = ".tmp"
+    REFS_DIR = ".refs"
     LEFTOVER_KIND = "temp_file"
 
     def path(self, name: str) -> str:
@@ -110,6 +142,69 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
         """Blobs whose name starts with `prefix` (an original's derivatives), from one shard."""
         shard = os.path.dirname(self.path(prefix))
         return sorted(n for n in os.listdir(shard) if n.startswith(prefix)) if os.path.isdir(shard) else []
+
+    def _refs(self, name: str) -> str:
+        return os.path.join(self.location, self.REFS_DIR, name[:2], name[2:4], name)
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[str]:
+        """Holds the lock of the blob's shard of pins, a folder (so no lock file is ever left), which
+        every process on this machine sees; yields the blob's pins' folder."""
+        shard = os.path.join(self.location, self.REFS_DIR, name[:2])
+        os.makedirs(shard, exist_ok=True)
+        fd = os.open(shard, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self._refs(name)
+        finally:
+            os.close(fd)
+
+    def pin(self, name: str, holder: str) -> bool:
+        _check_holder(holder)
+        with self._locked(name) as refs:
+            if not os.path.exists(self.path(name)):
+                return False
+            if os.path.isdir(refs):  # else untracked: nothing unpins it away
+                with open(os.path.join(refs, holder), "w"):
+                    pass
+                _fsync_dir(refs)  # a pin lost in a crash could let another unpin remove the blob
+            return True
+
+    def unpin(self, name: str, holder: str) -> bool:
+        _check_holder(holder)
+        with self._locked(name) as refs:
+            try:
+                os.unlink(os.path.join(refs, holder))
+                if os.listdir(refs):
+                    return False
+            except FileNotFoundError:
+                return False  # not pinned by `holder` (untracked, or unpinned already)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(name))
+            os.rmdir(refs)  # after the blob: a crash in between leaves an empty folder, no blob without pins
+            return True
+
+    def pins(self, name: str) -> Pins | None:
+        refs = self._refs(name)
+        try:
+            entries = list(os.scandir(refs))
+        except FileNotFoundError:
+            return None
+        return {e.name: datetime.fromtimestamp(e.stat().st_mtime, UTC) for e in entries}
+
+    def track(self, name: str) -> None:
+        with self._locked(name) as refs:
+            if os.path.exists(self.path(name)) and not os.path.isdir(refs):
+                os.makedirs(refs)
+                with open(os.path.join(refs, TRACKING), "w"):
+                    pass
+                _fsync_dir(refs)
+
+    def delete(self, name: str) -> None:
+        """Removes the blob whatever pins it (derivatives have none); originals go through unpin."""
+        with self._locked(name) as refs:
+            super().delete(name)
+            shutil.rmtree(refs, ignore_errors=True)
 
     def leftovers(self) -> Iterator[Leftover]:
         """Temporary files in `.tmp` of writes still running, or cut off before their rename."""
@@ -135,7 +230,9 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
                 os.fsync(out.fileno())
             if self.file_permissions_mode is not None:
                 os.chmod(temp, self.file_permissions_mode)
-            os.replace(temp, final)
+            with self._locked(name) as refs:  # not between an unpin's removal of blob and folder
+                os.makedirs(refs, exist_ok=True)  # tracked from its first instant
+                os.replace(temp, final)
         except BaseException:
             os.unlink(temp)
             raise
@@ -287,11 +384,13 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     """
 
     LEFTOVER_KIND = "orphan_chunks"
+    CLOSING_STALE = timedelta(seconds=30)
     CHUNK_SIZE = 255 * 1024  # GridFS's default
     CHUNKS_PER_INSERT = 4  # about 1 MB in memory at a time, whatever the blob's size
     # The GridFS spec's indexes, as drivers create them.
     FILES_INDEXES = [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)])]
     CHUNKS_INDEXES = [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)]
+    PINS_INDEXES = [IndexModel([("name", ASCENDING)])]
 
     def __init__(
         self,
@@ -329,6 +428,17 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         return self.database[f"{self.bucket_name}.chunks"]
 
     @property
+    def pin_docs(self) -> Collection:
+        """One document per pin, `_id` "<name>/<holder>": inserts and deletes by `_id` are atomic on
+        every MongoDB-compatible server (FerretDB's conditional updates and deletes are not)."""
+        return self.database[f"{self.bucket_name}.pins"]
+
+    @property
+    def closing(self) -> Collection:
+        """A name's closing mark, `_id` the name, while an unpin decides whether its blob goes."""
+        return self.database[f"{self.bucket_name}.closing"]
+
+    @property
     def deleted(self) -> Collection:
         """Deleted files whose chunks wait for their purge: `_id` is the files `_id`."""
         return self.database[f"{self.bucket_name}.deleted"]
@@ -358,6 +468,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
                     "length": Int64(length),
                     "chunkSize": self.CHUNK_SIZE,
                     "uploadDate": datetime.now(UTC),
+                    "metadata": {"pinned": True},  # its pins are kept (see `pin`) from its first instant
                 }
             )
         except BaseException as failure:
@@ -365,9 +476,81 @@ class GridFSStorage(ContentAddressedMixin, Storage):
                 self.chunks.delete_many({"files_id": file_id})  # what it cannot delete, fsck reclaims
             raise
         # Delete every copy but the lowest `_id`, not just our own: a writer that started earlier (so
-        # has a lower `_id`) may finish after us, and it alone then sees both copies.
+        # has a lower `_id`) may finish after us, and it alone then sees both copies. Pins belong to
+        # the name, not to a copy.
         for doc in self.files.find({"filename": name}, {"_id": 1}).sort("_id", 1).skip(1):
             self._delete_file(doc["_id"])
+
+    def pin(self, name: str, holder: str) -> bool:
+        """The pin is written, then the name's closing mark is looked for, then the blob: an `unpin`
+        writes its mark, then looks for pins, and deletes the blob before it removes its mark. So
+        either the unpin sees this pin and keeps the blob, or this sees the mark (and waits for it to
+        go) or the blob's absence, and then takes its pin back: False says to save the bytes first."""
+        _check_holder(holder)
+        if not self.exists(name):
+            return False  # a new blob (most uploads): one round trip to say so
+        self._add_pin(name, holder)
+        self._wait_for_closing(name)
+        if self.exists(name):
+            return True
+        self.pin_docs.delete_one({"_id": f"{name}/{holder}"})
+        return False
+
+    def _add_pin(self, name: str, holder: str) -> None:
+        mongo.ensure_indexes(self.pin_docs, self.PINS_INDEXES)
+        with contextlib.suppress(DuplicateKeyError):  # pinned already
+            self.pin_docs.insert_one({"_id": f"{name}/{holder}", "name": name, "at": datetime.now(UTC)})
+
+    def unpin(self, name: str, holder: str) -> bool:
+        _check_holder(holder)
+        if self.pin_docs.delete_one({"_id": f"{name}/{holder}"}).deleted_count != 1:
+            return False  # not pinned by `holder`, or a concurrent unpin of it won
+        if not self._close(name):
+            return False
+        self.purge()
+        return not self.exists(name)
+
+    def _close(self, name: str) -> bool:
+        """Deletes the blob if no pin holds it, under the name's closing mark; False if another
+        closing holds the mark (it sees the same pins, and a closing that fails is fsck's)."""
+        for _ in range(50):
+            try:
+                self.closing.insert_one({"_id": name, "at": datetime.now(UTC)})
+                break
+            except DuplicateKeyError:
+                time.sleep(0.01)
+        else:
+            return False
+        try:
+            if self.pin_docs.find_one({"name": name}, {"_id": 1}) is not None:
+                return False
+            # Untracked copies (written before pins were kept) are never deleted here: see `track`.
+            for doc in self.files.find({"filename": name, "metadata.pinned": True}, {"_id": 1}):
+                self._delete_file(doc["_id"])
+            return True
+        finally:
+            self.closing.delete_one({"_id": name})
+
+    def _wait_for_closing(self, name: str) -> None:
+        """Until the name's closing mark goes: a closing takes milliseconds, so a mark older than
+        CLOSING_STALE was left by a process that died while closing, and is removed."""
+        while (mark := self.closing.find_one({"_id": name})) is not None:
+            if mark["at"] < datetime.now(UTC) - self.CLOSING_STALE:
+                self.closing.delete_one({"_id": name, "at": mark["at"]})
+            else:
+                time.sleep(0.01)
+
+    def pins(self, name: str) -> Pins | None:
+        files = list(self.files.find({"filename": name}, {"metadata": 1}))
+        if any(not (doc.get("metadata") or {}).get("pinned") for doc in files):
+            return None
+        found = self.pin_docs.find({"name": name})
+        return {doc["_id"].partition("/")[2]: doc["at"] for doc in found}
+
+    def track(self, name: str) -> None:
+        with contextlib.suppress(DuplicateKeyError):
+            self.pin_docs.insert_one({"_id": f"{name}/{TRACKING}", "name": name, "at": datetime.now(UTC)})
+        self.files.update_many({"filename": name}, {"$set": {"metadata.pinned": True}})
 
     def _blob_sources(self) -> list[Database]:
         """Where a blob is looked for, in turn: with the blob read preference, then on the primary."""

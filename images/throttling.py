@@ -2,6 +2,12 @@
 local memory by default, Redis (CACHE_URL) to share them across instances.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from rest_framework import exceptions
+from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
@@ -26,3 +32,32 @@ class ReadRateThrottle(CallerRateThrottle):
     """Everything else: THROTTLE_READ."""
 
     scope = "read"
+
+
+class DeriveRateThrottle(CallerRateThrottle):
+    """Making a derivative, not reading one made already: THROTTLE_DERIVE. Checked only when a
+    derivative is about to be made (`check_derive`), for the request the view is answering."""
+
+    scope = "derive"
+
+
+_answering: ContextVar[Request | None] = ContextVar("answering", default=None)
+
+
+@contextmanager
+def answering(request: Request) -> Iterator[None]:
+    """Marks `request` as the one whose caller pays for any derivative made meanwhile."""
+    token = _answering.set(request)
+    try:
+        yield
+    finally:
+        _answering.reset(token)
+
+
+def check_derive() -> None:
+    """Raises a 429 when the caller being answered has made THROTTLE_DERIVE derivatives already;
+    nothing outside a request (commands, tests) is throttled."""
+    request = _answering.get()
+    throttle = DeriveRateThrottle()
+    if request is not None and not throttle.allow_request(request, None):
+        raise exceptions.Throttled(throttle.wait())

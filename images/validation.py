@@ -19,6 +19,9 @@ MODEL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # of the whole value: see vali
 MODEL_ID_PATTERN = f"^{MODEL_ID.pattern}$"  # the same rule, as the OpenAPI schema states it
 MODEL_ID_RULE = "model_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'"
 MAX_FILENAME = 255
+EXIF_ORIENTATION = 0x0112
+# EXIF orientations that turn the picture a quarter (5-8): it is shown with width and height swapped.
+QUARTER_TURNS = {5, 6, 7, 8}
 
 # We enforce our own pixel limit from the header, before decoding; Pillow's warning adds nothing.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -29,7 +32,7 @@ Image.init()
 class ImageInfo:
     format: str
     content_type: str
-    width: int
+    width: int  # as shown: after EXIF orientation, as viewers and the derivatives turn it
     height: int
     # The pixels that the check decoded, when they are a reduced copy worth keeping (see
     # `inspect_image`'s keep_side); never compared or printed.
@@ -44,6 +47,12 @@ def validate_model_id(value: object) -> str:
     if not isinstance(value, str) or not MODEL_ID.fullmatch(value):
         raise InvalidRequest(MODEL_ID_RULE, code="invalid_model_id")
     return value
+
+
+def plain_integer(raw: str) -> int | None:
+    """The value of a string of ASCII digits, else None. `str.isdigit()` alone also accepts
+    characters such as '²' that `int()` refuses."""
+    return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
 def sanitize_filename(value: str | None) -> str:
@@ -93,7 +102,7 @@ def opened(file: IO[bytes], formats: list[str]) -> Iterator[Image.Image]:
                     code="too_many_pixels",
                 )
             yield im
-    except UnprocessableImage:
+    except (UnprocessableImage, MemoryError):  # out of memory is no fault of the file's
         raise
     except Image.DecompressionBombError as exc:
         raise UnprocessableImage(str(exc), code="too_many_pixels") from exc
@@ -119,13 +128,23 @@ def inspect_image(file: IO[bytes], keep_side: int | None = None) -> ImageInfo:
     preview = None
     with opened(file, [fmt]) as im:
         width, height = im.size
+        shown = shown_size(im)
         if fmt == "JPEG":
             reduction = dct_reduction(max(width, height), keep_side) if keep_side else 8
             im.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
         im.load()
         if keep_side and im.size != (width, height):
             preview = im.copy()
-    return ImageInfo(fmt, Image.MIME[fmt], width, height, preview)
+    return ImageInfo(fmt, Image.MIME[fmt], *shown, preview)
+
+
+def shown_size(im: Image.Image) -> tuple[int, int]:
+    """The width and height of the picture as shown: a quarter-turn EXIF orientation (a phone held
+    upright) swaps the stored ones. Read from the header, before any pixel is decoded."""
+    width, height = im.size
+    if im.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS:
+        return height, width
+    return width, height
 
 
 def dct_reduction(side: int, keep_side: int) -> int:

@@ -13,15 +13,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from . import hotcache, services
-from .auth import HasScope, caller_name
+from .auth import HasScope, allowed, caller_name
 from .documents import ImageRecord, get_documents
-from .errors import InvalidRequest, LengthRequired, PayloadTooLarge
+from .errors import InvalidRequest
 from .negotiation import LenientNegotiation
-from .pagination import next_link, parse_cursor, parse_limit
+from .pagination import COUNT_HEADER, next_link, parse_count, parse_cursor, parse_limit
 from .schema import image_api_schema
 from .serializers import ImageSerializer, UploadSerializer
 from .serving import image_response
-from .throttling import ReadRateThrottle, UploadRateThrottle
+from .throttling import ReadRateThrottle, UploadRateThrottle, answering
 from .validation import validate_model_id
 
 SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
@@ -78,14 +78,16 @@ class ImageViewSet(viewsets.ViewSet):
         return headers
 
     def http_method_not_allowed(self, request: Request, *args, **kwargs) -> Response:
-        """A browser that opens /upload gets the browsable API's upload form; API clients, a 405."""
-        if (
-            request.method == "GET"
-            and "post" in self.action_map
-            and isinstance(request.accepted_renderer, BrowsableAPIRenderer)
-        ):
-            return Response({"detail": "POST the form below to upload an image."})
-        return super().http_method_not_allowed(request, *args, **kwargs)
+        """The 405 that API clients get; a browser that opens /upload also gets, on the same 405, the
+        browsable API's upload form when it may upload, or else what it needs to."""
+        if not ("post" in self.action_map and isinstance(request.accepted_renderer, BrowsableAPIRenderer)):
+            return super().http_method_not_allowed(request, *args, **kwargs)
+        if allowed(request, "write"):
+            detail = "POST the form below to upload an image."
+        else:
+            detail = "Uploading needs the 'write' scope: sign in, or send an API key that has it."
+        body = {"error": "method_not_allowed", "detail": f'Method "{request.method}" not allowed. {detail}'}
+        return Response(body, status=status.HTTP_405_METHOD_NOT_ALLOWED)
 
     def _json(self, request: Request, record: ImageRecord, **kwargs) -> Response:
         # A plain dict: data that names its serializer makes the browsable API build the next
@@ -98,11 +100,14 @@ class ImageViewSet(viewsets.ViewSet):
             model_id = request.query_params.get("model_id")
         if model_id is not None:
             validate_model_id(model_id)
-        limit, after = parse_limit(request), parse_cursor(request)
-        records = get_documents().page(model_id, after, limit + 1)
+        limit, after, count = parse_limit(request), parse_cursor(request), parse_count(request)
+        docs = get_documents()
+        records = docs.page(model_id, after, limit + 1)
         if in_path and not records and after is None:
             raise NotFound(f"Model {model_id!r} has no images.")
         headers = {"Link": next_link(request, records[limit - 1])} if len(records) > limit else {}
+        if count:
+            headers[COUNT_HEADER] = str(docs.count(model_id))
         data = ImageSerializer(records[:limit], many=True, context={"request": request}).data
         return Response(data, headers=headers)
 
@@ -121,17 +126,12 @@ class ImageViewSet(viewsets.ViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def upload(self, request: Request) -> Response:
-        # Judge the body by its header, before reading (and spooling) any of it.
-        if "CONTENT_LENGTH" not in request.META and "HTTP_TRANSFER_ENCODING" in request.META:
-            raise LengthRequired()
-        if int(request.META.get("CONTENT_LENGTH") or 0) > settings.MAX_REQUEST_MB * 1024 * 1024:
-            raise PayloadTooLarge(
-                f"The request body is larger than {settings.MAX_REQUEST_MB} MB.", code="request_too_large"
-            )
-        files = request.FILES.getlist("file") or request.FILES.getlist("image")
+        # The body's size was judged from its headers already (images/bodylimits.py).
+        # `image` is an old client's name for `file`; one file in all, whatever it is called.
+        files = request.FILES.getlist("file") + request.FILES.getlist("image")
         if len(files) != 1:
             raise InvalidRequest(
-                "Send exactly one image, as the multipart/form-data field 'file'.",
+                "Send exactly one image, as the multipart/form-data field 'file' (or 'image').",
                 code="missing_file" if not files else "too_many_files",
             )
         model_id = validate_model_id(request.data.get("model_id"))
@@ -146,10 +146,12 @@ class ImageViewSet(viewsets.ViewSet):
 
     def content(self, request: Request, image_id: str):
         note_image(request, image_id)
-        return image_response(request, get_record(image_id))
+        with answering(request):  # a derivative made for it counts against THROTTLE_DERIVE
+            return image_response(request, get_record(image_id))
 
     def model_image(self, request: Request, model_id: str):
         """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
         record = newest_record(model_id)
         note_image(request, record.image_id)
-        return image_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")
+        with answering(request):
+            return image_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")

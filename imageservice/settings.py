@@ -5,6 +5,7 @@ Every variable is documented in `.env.example` and the README.
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -44,11 +45,14 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's assets, served by the service itself
+    "axes",  # sign-in throttling (images/signin.py)
     "images",
 ]
 
 MIDDLEWARE = [
     "images.observability.RequestObservationMiddleware",
+    # Before anything can read a body (the CSRF check parses POSTs): images/bodylimits.py.
+    "images.bodylimits.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -59,6 +63,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "images.errors.JSONErrorMiddleware",
+    "images.deadline.LookupDeadline",  # a hung MongoDB: a lookup's 503 within MONGO_TIMEOUT_MS + 1 s
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into its 429
 ]
 
 ROOT_URLCONF = "imageservice.urls"
@@ -174,6 +180,8 @@ MIN_UPLOAD_RATE_KB = env.float("MIN_UPLOAD_RATE_KB", default=4.0)
 MAX_UPLOAD_MB = env.int("MAX_UPLOAD_MB", default=25)
 # The whole request body: the file plus the multipart envelope and the other fields.
 MAX_REQUEST_MB = env.int("MAX_REQUEST_MB", default=MAX_UPLOAD_MB + 1)
+# Every other request's body (sign-in and admin forms): small, judged before anything reads it.
+MAX_FORM_KB = env.int("MAX_FORM_KB", default=64)
 MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=50_000_000)
 MAX_IMAGE_WIDTH = env.int("MAX_IMAGE_WIDTH", default=20_000)
 MAX_IMAGE_HEIGHT = env.int("MAX_IMAGE_HEIGHT", default=20_000)
@@ -189,7 +197,14 @@ DERIVATIVE_PRESETS = {
         "DERIVATIVE_PRESETS", default={"thumb": 256, "card": 640, "full": 1600}
     ).items()
 }
+# The derivative budget (images/derivatives.py): one make runs in a child process that is killed
+# after DERIVATIVE_TIMEOUT seconds or past DERIVATIVE_MEMORY_MB; a full-size re-encode may have at
+# most DERIVATIVE_MAX_PIXELS; all derivatives together keep within DERIVATIVE_CACHE_MB, the least
+# recently used going first (they can always be made again).
 DERIVATIVE_TIMEOUT = env.float("DERIVATIVE_TIMEOUT", default=20.0)
+DERIVATIVE_MEMORY_MB = env.int("DERIVATIVE_MEMORY_MB", default=768)
+DERIVATIVE_MAX_PIXELS = env.int("DERIVATIVE_MAX_PIXELS", default=16_000_000)
+DERIVATIVE_CACHE_MB = env.int("DERIVATIVE_CACHE_MB", default=2048)
 # Per-worker caches of the hot read path (images/hotcache.py): records for a few seconds (another
 # worker may serve a deleted image that long), and the bytes of small blobs, within this many MB.
 HOT_CACHE_SECONDS = env.float("HOT_CACHE_SECONDS", default=2.0)
@@ -203,6 +218,19 @@ JWT_HS256_SECRET = env.str("JWT_HS256_SECRET", default="")
 JWT_PUBLIC_KEY = env.str("JWT_PUBLIC_KEY", default="", multiline=True)
 JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
 JWT_ISSUER = env.str("JWT_ISSUER", default="")
+# Password sign-in (gallery and admin), throttled by django-axes (images/signin.py): this many
+# failures for one user name, or from one address, lock both out for this long.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out sign-in before checking it
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("SIGNIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("SIGNIN_LOCKOUT_MINUTES", default=15.0))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one alone locks out
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "images.signin.client_address"
+AXES_LOCKOUT_CALLABLE = "images.signin.lockout_response"
+AXES_VERBOSE = False  # our request log already has one line per refusal
 # Set by `serve`: running open without credentials is allowed only on a loopback address.
 OPEN_MODE_ALLOWED = env.bool("IMAGESERVICE_OPEN_MODE_ALLOWED", default=True)
 
@@ -220,7 +248,7 @@ if NUM_PROXIES:
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
+        "images.browsable.BrowsableAPI",  # DRF's, titled and with sign-in links
     ],
     "DEFAULT_PARSER_CLASSES": [
         "images.parsers.MultiPartParser",  # DRF's, leaving no spool file behind a failed upload
@@ -237,6 +265,8 @@ REST_FRAMEWORK = {
         # in front of the service, so they are unlimited unless THROTTLE_READ is set.
         "upload": env.str("THROTTLE_UPLOAD", default="60/min") or None,
         "read": env.str("THROTTLE_READ", default="") or None,
+        # Making a derivative costs CPU and storage, unlike reading one: limited by default.
+        "derive": env.str("THROTTLE_DERIVE", default="120/min") or None,
     },
     "NUM_PROXIES": NUM_PROXIES,
     "EXCEPTION_HANDLER": "images.errors.api_exception_handler",
@@ -279,6 +309,7 @@ CORS_EXPOSE_HEADERS = [
     "Content-Length",
     "Link",
     "X-Request-ID",
+    "X-Total-Count",
 ]
 
 # --- Operations ------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from images import gallery, health
@@ -12,6 +14,8 @@ urlpatterns = [
     path("accounts/login/", gallery.login, name="login"),
     path("accounts/logout/", gallery.logout, name="logout"),
     re_path(r"^api/whoami/?$", gallery.WhoAmI.as_view(), name="whoami"),
+    # Browsers ask every page's site for it; the gallery's icon, so nobody's console shows a 404.
+    path("favicon.ico", RedirectView.as_view(url=static("images/favicon.svg"), permanent=True)),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", MetricsView.as_view(), name="metrics"),

@@ -6,26 +6,33 @@ trickle their headers (slowloris) hold every thread of two workers, and nobody e
 
 This worker changes three things, and nothing else:
 - It reads each request's head (request line and headers) in the worker's event loop, without a
-  thread. A connection gets a thread only once its head has arrived whole. A head that takes longer
-  than CLIENT_TIMEOUT, counted from the connection (or from the previous response), is answered 408
+  thread, and with it a body that fits in HEAD_BUFFER (a sign-in form, say). A connection gets a
+  thread only once those have arrived whole. A head, or a small body, that takes longer than
+  CLIENT_TIMEOUT, counted from the connection (or from the previous response), is answered 408
   and closed.
 - It reads the body through `PacedSocket`: after CLIENT_TIMEOUT of grace, the body must have come at
   MIN_UPLOAD_RATE_KB on average, and no wait may last longer than CLIENT_TIMEOUT. A client that
   falls behind is answered 408 (images/errors.py), and nothing of its upload is stored.
 - Every write of a response is bounded by gunicorn's `--timeout`, so a client that stops reading
   gives its thread back.
-So a trickling upload holds a thread for about CLIENT_TIMEOUT at most, and a slow head holds none.
+So a trickling upload holds a thread for about CLIENT_TIMEOUT at most, and a slow head or form
+holds none. Larger bodies than a form's are refused from their headers, except uploads
+(images/bodylimits.py).
 With TLS (which `serve` does not configure) it leaves everything to gthread.
+
+It also names the server `image-service` in the `Server` header, without gunicorn's name.
 """
 
 import contextlib
 import errno
+import re
 import time
 from collections import deque
 from functools import partial
 from selectors import EVENT_READ
 
 from gunicorn import http
+from gunicorn.http import wsgi
 from gunicorn.workers.gthread import TConn
 from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 
@@ -35,11 +42,24 @@ from imageservice.pacing import REQUEST_TIMEOUT_RESPONSE, PacedSocket
 # limits then judge it, reading the rest through PacedSocket).
 HEAD_BUFFER = 64 * 1024
 HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
+SERVER = "image-service"  # no product or version for a scanner to match
+CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def whole_at(head: bytes | bytearray) -> int:
+    """How many bytes of a connection whose head has ended to wait for in the event loop: the head
+    and a body that fits within HEAD_BUFFER, or only what has arrived when the body is larger
+    (a thread reads that, at the paced rate)."""
+    end = min(i + len(mark) for mark in HEAD_ENDS if (i := head.find(mark)) >= 0)
+    match = CONTENT_LENGTH.search(head, 0, end)
+    whole = end + (int(match.group(1)) if match else 0)
+    return whole if whole <= HEAD_BUFFER else 0
 
 
 class ThreadWorker(GThreadWorker):
     def init_process(self) -> None:
         self.heads: deque[TConn] = deque()  # connections whose head is arriving, oldest first
+        wsgi.SERVER = SERVER  # what gunicorn's responses say in `Server` (read per response)
         super().init_process()
 
     def load_wsgi(self) -> None:
@@ -78,6 +98,7 @@ class ThreadWorker(GThreadWorker):
 
     def await_head(self, conn: TConn) -> None:
         conn.head = bytearray()
+        conn.whole = None  # known once the head has ended (whole_at)
         conn.timeout = time.monotonic() + self.client_timeout
         self.heads.append(conn)
         self.poller.register(conn.sock, EVENT_READ, partial(self.on_head_readable, conn))
@@ -89,13 +110,20 @@ class ThreadWorker(GThreadWorker):
             return
         except OSError:
             data = b""
-        if not data:  # the client went away
+        if not data and conn.whole is None:  # the client went away
             self.heads.remove(conn)
             self.drop_head(conn)
             return
         conn.head += data
         tail = conn.head[-len(data) - 3 :]  # a head sent a byte at a time is not rescanned each time
-        if len(conn.head) >= HEAD_BUFFER or any(end in tail for end in HEAD_ENDS):
+        if conn.whole is None and any(end in tail for end in HEAD_ENDS):
+            conn.whole = whole_at(conn.head)
+        # A body cut short (the client stopped sending) goes to a thread too, which answers 400.
+        if (
+            not data
+            or len(conn.head) >= HEAD_BUFFER
+            or (conn.whole is not None and len(conn.head) >= conn.whole)
+        ):
             self.poller.unregister(conn.sock)
             self.heads.remove(conn)
             self.dispatch(conn)

@@ -195,7 +195,14 @@ def manage(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.
 
 
 # What an unfinished write may leave, and fsck --repair reclaims (images/management/commands/fsck.py).
-RECLAIMABLE = {"orphan_blob", "orphan_derivative", "temp_file", "orphan_chunks", "upload_temp_file"}
+RECLAIMABLE = {
+    "orphan_blob",
+    "orphan_derivative",
+    "stale_pin",
+    "temp_file",
+    "orphan_chunks",
+    "upload_temp_file",
+}
 
 
 def fsck(env: dict[str, str], *args: str) -> dict:

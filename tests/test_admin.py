@@ -1,11 +1,13 @@
 """The admin's images section, in both modes: through the document manager, never the ORM."""
 
 import hashlib
+import re
 
 import pytest
 from django.contrib.auth.models import User
 
 from images import admin as image_admin
+from images.bulk import human_bytes
 from tests.samples import image_bytes
 from tests.test_access import auth, create_key
 from tests.test_api import upload
@@ -38,6 +40,7 @@ def test_browse_shows_previews_uploader_and_details(store, staff):
     assert f'src="/images/{meta["image_id"]}/content?w=64&amp;h=64"' in page
     for text in ("front.png", "chair-7", "catalog-bot", "64&times;48", hashlib.sha256(data).hexdigest()):
         assert text in page
+    assert f"<td>{human_bytes(meta['size'])}</td>" in page and "bytes" not in page  # as the gallery says
 
 
 def test_filter_by_model_and_search_by_filename_or_sha256(store, staff):
@@ -85,3 +88,46 @@ def test_delete_asks_first_then_removes_record_and_bytes(store, staff):
     assert done.status_code == 302
     store.assert_empty()
     assert staff.get(url).status_code == 404
+
+
+# --- API keys --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def superuser(client, store):
+    client.force_login(User.objects.create_superuser("root", password="pw-for-tests"))
+    return client
+
+
+def test_superusers_create_list_and_revoke_api_keys(store, superuser, client):
+    assert 'href="/admin/api-keys/"' in superuser.get("/admin/").content.decode()
+    assert "No API keys." in superuser.get("/admin/api-keys/").content.decode()
+
+    created = superuser.post("/admin/api-keys/add/", {"name": "ci-uploader", "scope": "write"})
+    assert created.status_code == 200 and "no-store" in created["Cache-Control"]
+    key = re.search(r'value="(isk_[^"]+)"', created.content.decode()).group(1)
+    again = superuser.post("/admin/api-keys/add/", {"name": "ci-uploader", "scope": "read"})
+    assert "exists already" in again.content.decode() and "isk_" not in again.content.decode()
+
+    client.logout()  # the key, not the session, uploads
+    meta = upload(client, image_bytes(), **auth(key)).json()
+    assert meta["uploaded_by"] == "ci-uploader"
+    client.force_login(User.objects.get(username="root"))
+    listing = superuser.get("/admin/api-keys/").content.decode()
+    row = listing.split("<td>ci-uploader</td>")[1].split("</tr>")[0]
+    assert "read, write" in row and "UTC" in row and "active" in row and "never" not in row  # last used
+    assert key not in listing  # shown once, at its creation only
+
+    confirm = superuser.get("/admin/api-keys/ci-uploader/revoke/")
+    assert "Yes, revoke it" in confirm.content.decode()
+    assert superuser.post("/admin/api-keys/ci-uploader/revoke/").status_code == 302
+    assert "revoked" in superuser.get("/admin/api-keys/").content.decode().split("<td>ci-uploader</td>")[1]
+    client.logout()
+    assert upload(client, image_bytes(seed=2), **auth(key)).status_code == 401
+
+
+def test_only_superusers_manage_api_keys(store, staff):
+    assert 'href="/admin/api-keys/"' not in staff.get("/admin/").content.decode()
+    for url in ("/admin/api-keys/", "/admin/api-keys/add/", "/admin/api-keys/x/revoke/"):
+        assert staff.get(url).status_code == 403, url
+    assert staff.post("/admin/api-keys/add/", {"name": "sneaky", "scope": "admin"}).status_code == 403

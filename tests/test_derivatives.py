@@ -359,16 +359,27 @@ def test_small_jpegs_and_other_formats_get_no_base(store, client, data):
     assert [n for n in store.blob_names() if n.startswith(record.sha256)] == [record.sha256]
 
 
-def test_derivatives_that_only_shrink_the_base_never_read_the_original(store, client):
+class ReadTheOriginal(Exception):
+    pass
+
+
+def test_derivatives_that_only_shrink_the_base_never_read_the_original(store, client, monkeypatch):
     record = stored_image(client, sideways_jpeg())
-    store.storage.delete(record.sha256)  # only the base is left
+    real_open = store.storage.open
+
+    def open_all_but_the_original(name: str, mode: str = "rb"):
+        if name == record.sha256:
+            raise ReadTheOriginal
+        return real_open(name, mode)
+
+    monkeypatch.setattr(store.storage, "open", open_all_but_the_original)
     name = derivatives.ensure(record, spec(256, fmt="webp", quality=80))
     with store.storage.open(name) as made_file:
         out = Image.open(made_file).convert("RGB")
     assert out.size == (256, 128)
     r, _g, b = out.getpixel((5, 5))
     assert b > 200 and r < 60
-    with pytest.raises(FileNotFoundError):  # larger than the base: made from the original
+    with pytest.raises(ReadTheOriginal):  # larger than the base: made from the original
         derivatives.ensure(record, spec(1024))
 
 
@@ -480,3 +491,19 @@ def test_an_original_over_todays_limits_is_refused_cleanly(store, client, settin
     assert response.status_code == 422
     assert response.json()["error"] == "too_many_pixels"
     assert body(client.get(f"/images/{meta['image_id']}/content")) != b""  # the original still serves
+
+
+def test_a_make_is_stopped_at_its_memory_and_its_deadline(settings):
+    """Each make runs in a child that an allocation past DERIVATIVE_MEMORY_MB stops at once, and a
+    SIGKILL at DERIVATIVE_TIMEOUT, whatever C call it is in."""
+    big = encode(Image.new("RGBA", (7000, 7000), "teal"), "PNG")  # 187 MiB decoded
+    settings.DERIVATIVE_MEMORY_MB, settings.DERIVATIVE_TIMEOUT = 64, 30
+    started = time.monotonic()
+    with pytest.raises(UnprocessableImage) as refused:
+        render(io.BytesIO(big), spec(64), ALLOWED)
+    assert refused.value.get_codes() == "derivative_too_large" and time.monotonic() - started < 5
+    settings.DERIVATIVE_MEMORY_MB, settings.DERIVATIVE_TIMEOUT = 1024, 0.3
+    started = time.monotonic()
+    with pytest.raises(UnprocessableImage) as late:
+        render(io.BytesIO(big), spec(64), ALLOWED)
+    assert late.value.get_codes() == "derivative_timeout" and time.monotonic() - started < 2

@@ -22,10 +22,12 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from images.bulk import human_bytes
 from images.gallery import PAGE_SIZE
 from tests import servers
 from tests.conftest import MODES
 from tests.samples import image_bytes, noise_jpeg
+from tests.test_first_use import rotated_jpeg
 from tests.test_server import upload
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -283,7 +285,7 @@ def test_uploading_several_files_shows_progress_then_the_cards(open_site: Site, 
     api = requests.get(f"{open_site.url}/images", params={"model_id": model_id}, timeout=30).json()
     side = next(m for m in api if m["filename"] == "side.png")
     card = card_of(page, "side.png")
-    for text in (model_id, "side.png", f"640{TIMES}480", f"{side['size'] / 1024:.1f} KB"):
+    for text in (model_id, "side.png", f"640{TIMES}480", human_bytes(side["size"])):  # as the admin
         expect(card).to_contain_text(text)
     expect(card.locator("time")).to_have_attribute("datetime", side["uploaded_at"])
     thumb = card.get_by_role("img")
@@ -477,12 +479,15 @@ def test_a_pasted_api_key_is_kept_for_the_session_only(auth_site: Site, page: Pa
     key_field = page.get_by_label("API key", exact=True)
     key_field.fill("isk_not-a-real-key")
     page.get_by_role("button", name="Use key").click()
-    expect(page.locator("#key-error")).to_have_text("The API key is not valid, or it has been revoked.")
+    expect(page.locator("#key-error")).to_contain_text("The API key is not valid, or it has been revoked.")
     expect(page.locator("#who")).to_have_text("Not signed in: read-only.")
 
     key_field.fill(auth_site.keys["write"])
     page.get_by_role("button", name="Use key").click()
     expect(page.locator("#who")).to_have_text("Signed in as write-key (API key): you may upload.")
+    expect(page.get_by_role("link", name="Sign in")).to_be_hidden()  # the key speaks for this tab
+    expect(page.get_by_text("Use an API key", exact=True)).to_be_hidden()
+    expect(page.get_by_role("button", name="Forget key")).to_be_visible()
     stored = page.evaluate("[sessionStorage.length, localStorage.length, document.cookie]")
     assert stored[0] == 1 and stored[1] == 0 and auth_site.keys["write"] not in stored[2]
     form = upload_form(page)
@@ -521,3 +526,110 @@ def test_private_reads_need_a_credential(private_site: Site, page: Page):
     for img in cards(page).get_by_role("img").all():  # an <img> cannot send the key: fetched blobs
         wait_loaded(page, img, "img.src.startsWith('blob:') && img.naturalWidth > 0")
     snap(page, private_site, "private-with-key")
+
+
+# --- What a new user tripped over (issue 18) ----------------------------------------------------------
+
+# Every element of the dialog, the dialog itself within the viewport, and nothing scrolling sideways.
+OVERFLOWING = """(dialog) => {
+    const width = document.documentElement.clientWidth;
+    const box = dialog.getBoundingClientRect();
+    const found = [];
+    if (box.left < 0 || box.right > width || dialog.scrollWidth > dialog.clientWidth) {
+        found.push(`the dialog: ${box.left}-${box.right} of ${width}, scrolls ${dialog.scrollWidth}`);
+    }
+    for (const node of dialog.querySelectorAll("*")) {
+        const r = node.getBoundingClientRect();
+        if (r.width && (r.left < box.left - 0.5 || r.right > box.right + 0.5 || r.width > width)) {
+            found.push(`${node.tagName}#${node.id}.${node.className}: ${r.left}-${r.right}`);
+        }
+    }
+    return found;
+}"""
+
+
+def test_the_detail_dialog_fits_a_desktop_and_a_phone(open_site: Site, page: Page):
+    model_id = new_model_id("wide")
+    name = "a-long-camera-file-name-without-any-spaces-IMG_20261203_101112_HDR-final-v2.png"
+    http = requests.Session()
+    assert upload(open_site.url, image_bytes("PNG", (640, 480)), model_id, filename=name, http=http).ok
+    page.goto(f"{open_site.url}/?model_id={model_id}")
+    card_of(page, name).click()
+    dialog = page.get_by_role("dialog")
+    wait_loaded(page, dialog.get_by_role("img"))
+    for viewport in (DESKTOP, PHONE):
+        page.set_viewport_size(viewport)
+        assert dialog.evaluate(OVERFLOWING) == [], viewport
+        full = dialog.get_by_role("link", name="full (1600 px)")
+        full.scroll_into_view_if_needed()  # the dialog scrolls down on a phone, never sideways
+        expect(full).to_be_in_viewport(ratio=1)
+    page.screenshot(path=SHOTS / f"{open_site.mode}-detail-phone.png")
+
+
+def test_opening_the_key_panel_moves_nothing(auth_site: Site, page: Page):
+    page.goto(auth_site.url)
+    expect(page.locator("#who")).to_have_text("Not signed in: read-only.")
+    title = page.get_by_role("heading", level=1)
+    for viewport in (DESKTOP, PHONE):
+        page.set_viewport_size(viewport)
+        before = (page.locator("header").bounding_box(), title.bounding_box())
+        page.get_by_text("Use an API key", exact=True).click()
+        expect(page.get_by_label("API key", exact=True)).to_be_in_viewport()
+        assert (page.locator("header").bounding_box(), title.bounding_box()) == before, viewport
+        page.get_by_text("Use an API key", exact=True).click()  # closes it
+
+
+def test_small_images_keep_their_size_and_photos_their_shown_dimensions(open_site: Site, page: Page):
+    model_id = new_model_id("icons")
+    http = requests.Session()
+    for data, name in ((image_bytes("PNG", (64, 64)), "icon.png"), (rotated_jpeg(), "upright.jpg")):
+        assert upload(open_site.url, data, model_id, filename=name, http=http).status_code == 201
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(f"{open_site.url}/?model_id={model_id}")
+    icon = card_of(page, "icon.png").get_by_role("img")
+    wait_loaded(page, icon)
+    box, cell = icon.bounding_box(), card_of(page, "icon.png").locator(".thumb").bounding_box()
+    assert (box["width"], box["height"]) == (64, 64) and cell["width"] > 100  # not stretched to the card
+    expect(card_of(page, "upright.jpg")).to_contain_text(f"30{TIMES}60")  # shown upright: taller than wide
+    page.wait_for_load_state("networkidle")
+    assert failed == []  # no 404 for /favicon.ico, nor anything else
+    assert requests.get(f"{open_site.url}/favicon.ico", timeout=30).headers["Content-Type"] == "image/svg+xml"
+
+
+def test_the_admin_fits_previews_and_manages_keys(auth_site: Site, page: Page):
+    model_id = new_model_id("tall")
+    auth_site.seed(model_id, size=(30, 90))  # a portrait: its 64 px preview is 21x64
+    page.goto(f"{auth_site.url}/admin/")
+    page.get_by_label("Username").fill("boss")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.goto(f"{auth_site.url}/admin/images/?model_id={model_id}")
+    preview = page.locator("#result_list img").first
+    wait_loaded(page, preview)
+    assert preview.bounding_box()["height"] == 64
+    assert page.locator("#result_list tbody tr").first.bounding_box()["height"] < 100
+    page.screenshot(path=SHOTS / f"{auth_site.mode}-admin-images.png")
+
+    page.get_by_role("link", name="API keys").click()
+    expect(page.locator("#result_list")).to_contain_text("write-key")
+    page.get_by_role("link", name="Add API key").click()
+    page.get_by_label("Name").fill(new_model_id("made-in-the-admin"))
+    page.get_by_label("admin: delete (and write and read)").check()
+    page.get_by_role("button", name="Create key").click()
+    key = page.get_by_label("The new API key").input_value()
+    whoami = requests.get(
+        f"{auth_site.url}/api/whoami", headers={"Authorization": f"Api-Key {key}"}, timeout=30
+    )
+    assert whoami.json()["scopes"] == ["read", "write", "admin"]
+    page.get_by_role("link", name="Back to the API keys").click()
+    page.screenshot(path=SHOTS / f"{auth_site.mode}-admin-api-keys.png")
+
+
+def test_swagger_ui_shows_locks_only_where_a_credential_is_needed(open_site: Site, page: Page):
+    page.goto(f"{open_site.url}/api/docs/")
+    expect(page.locator(".opblock")).to_have_count(7)
+    for opblock in page.locator(".opblock").all():
+        needs_credential = "opblock-get" not in (opblock.get_attribute("class") or "")
+        expect(opblock.locator(".authorization__btn")).to_have_count(int(needs_credential))
+    page.screenshot(path=SHOTS / f"{open_site.mode}-swagger.png")

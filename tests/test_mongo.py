@@ -95,3 +95,32 @@ def test_a_blob_missing_its_first_chunk_answers_503_and_one_missing_a_later_chun
     response = client.get(f"/images/{image['image_id']}/content")
     assert (response.status_code, response["Retry-After"]) == (503, "5")
     assert response.json()["error"] == "storage_unavailable"
+
+
+def test_the_unique_index_builds_beside_legacy_records(store):
+    """The Flask service's records share model_ids and lack a sha256. MongoDB builds `model_sha256`
+    beside them because it is partial; FerretDB 1.24 has no partial indexes (NotImplemented), so
+    mongo.ensure_indexes makes a plain one there, which lets documents lacking the fields repeat.
+    If FerretDB starts accepting the filter, the fallback can go."""
+    store.mongo_db["images"].insert_many(
+        [{"image_id": str(n), "model_id": "m", "filename": "x"} for n in "ab"]
+    )
+    MongoDocuments().ensure_indexes()
+    info = store.mongo_db["images"].index_information()["model_sha256"]
+    assert info["unique"] is True
+    if is_ferretdb(store.mongo_db):
+        assert "partialFilterExpression" not in info
+    else:
+        assert info["partialFilterExpression"] == {"sha256": {"$exists": True}}
+
+
+def test_an_index_an_earlier_version_made_with_other_options_is_kept(store, caplog):
+    """MongoDB refuses an index whose name exists with other options (IndexOptionsConflict), which
+    would fail every write that ensures the indexes; the old one is kept, with a warning. FerretDB
+    1.24 answers ok and keeps the old one silently."""
+    keys = [("model_id", ASCENDING), ("sha256", ASCENDING)]
+    store.mongo_db["images"].create_index(keys, name="model_sha256")
+    MongoDocuments().ensure_indexes()
+    assert "unique" not in store.mongo_db["images"].index_information()["model_sha256"]
+    if not is_ferretdb(store.mongo_db):
+        assert "model_sha256 exists with other options; kept as it is" in caplog.text

@@ -6,9 +6,11 @@ properties: content-addressed names, whole-or-nothing writes, seekable reads and
 
 import hashlib
 import io
+import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import SuspiciousFileOperation
@@ -182,3 +184,104 @@ def test_a_reader_keeps_its_bytes_after_a_delete(store) -> None:
     assert store.blob_names() == []
     store.storage.save(name, ContentFile(data))  # the same bytes again, after their delete
     assert read_back(store.storage, name) == data
+
+
+# --- Pins: the blob's life (see images/storage.py) ------------------------------------------------
+
+HOLDERS = ["64a0aa000000000000000001", "64a0aa000000000000000002"]
+
+
+def untrack(store, name: str) -> None:
+    """Makes `name` look like a blob written before blobs kept pins."""
+    if store.mongo_db is not None:
+        store.mongo_db["fs.files"].update_many({"filename": name}, {"$unset": {"metadata": ""}})
+    else:
+        shutil.rmtree(store.storage._refs(name))
+
+
+def drop_pin(store, name: str, holder: str) -> None:
+    """Loses a pin without what unpin does after it: a pin lost to a crash or a restore."""
+    if store.mongo_db is not None:
+        store.mongo_db["fs.pins"].delete_one({"_id": f"{name}/{holder}"})
+    else:
+        (Path(store.storage._refs(name)) / holder).unlink()
+
+
+def test_a_blob_goes_with_its_last_pin(store) -> None:
+    data = blob(1000, seed=20)
+    name = name_of(data)
+    assert store.storage.pin(name, HOLDERS[0]) is False  # nothing to pin: save it first
+    store.storage.save(name, ContentFile(data))
+    assert store.storage.pins(name) == {}
+    assert store.storage.pin(name, HOLDERS[0]) and store.storage.pin(name, HOLDERS[1])
+    assert set(store.storage.pins(name)) == set(HOLDERS)
+    assert store.storage.unpin(name, "64a0aa00000000000000dead") is False  # not a holder
+    assert store.storage.unpin(name, HOLDERS[0]) is False  # one pin left
+    assert read_back(store.storage, name) == data
+    assert store.storage.unpin(name, HOLDERS[0]) is False  # given back already: no effect
+    assert store.storage.unpin(name, HOLDERS[1]) is True
+    assert not store.storage.exists(name)
+    assert store.blob_names() == []  # (GridFS: chunks wait for their purge, accounted for)
+    assert store.storage.pin(name, HOLDERS[0]) is False
+
+
+@pytest.mark.parametrize("holder", ["", "a.b", "$set", "x" * 65, "../x"])
+def test_holders_that_are_not_ids_are_refused(store, holder: str) -> None:
+    data = blob(10, seed=21)
+    store.storage.save(name_of(data), ContentFile(data))
+    with pytest.raises(SuspiciousFileOperation):
+        store.storage.pin(name_of(data), holder)
+
+
+def test_an_untracked_blob_is_never_unpinned_away_until_tracked(store) -> None:
+    data = blob(1000, seed=22)
+    name = name_of(data)
+    store.storage.save(name, ContentFile(data))
+    untrack(store, name)
+    assert store.storage.pins(name) is None
+    assert store.storage.pin(name, HOLDERS[0]) is True  # it exists: an upload may use it
+    assert store.storage.unpin(name, HOLDERS[0]) is False
+    assert store.storage.exists(name)
+    store.storage.track(name)
+    assert set(store.storage.pins(name)) == {"~tracking"}
+    store.storage.track(name)  # a second call changes nothing
+    assert set(store.storage.pins(name)) == {"~tracking"}
+    assert store.storage.unpin(name, "~tracking") is True
+    assert not store.storage.exists(name)
+
+
+def unpin_then(barrier: threading.Barrier, storage, name: str, holder: str) -> None:
+    barrier.wait()
+    storage.unpin(name, holder)
+
+
+def pin_or_save_then(barrier: threading.Barrier, storage, name: str, holder: str, data: bytes) -> None:
+    """What an upload does (images/services.py `hold_blob`)."""
+    barrier.wait()
+    for _ in range(3):
+        if storage.pin(name, holder):
+            return
+        storage.save(name, ContentFile(data))
+    raise AssertionError("could not pin")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_pin_racing_the_last_unpin_never_loses_the_blob(store, seed: int) -> None:
+    """The lost upload of issue 13: B pins (saving if need be) while A's last pin goes. Whatever the
+    interleaving, B ends up holding a blob that exists."""
+    data = blob(300 * 1024, seed=30 + seed)  # two GridFS chunks
+    name = name_of(data)
+    storage = store.storage
+    for round_ in range(15):
+        a, b = f"{round_:024x}", f"{round_ + 1000:024x}"
+        storage.save(name, ContentFile(data))
+        assert storage.pin(name, a)
+        barrier = threading.Barrier(2)
+        with ThreadPoolExecutor(2) as pool:
+            unpinning = pool.submit(unpin_then, barrier, storage, name, a)
+            pinning = pool.submit(pin_or_save_then, barrier, storage, name, b, data)
+            unpinning.result(), pinning.result()
+        assert set(storage.pins(name)) == {b}
+        assert read_back(storage, name) == data
+        assert storage.unpin(name, b) is True
+        assert not storage.exists(name)

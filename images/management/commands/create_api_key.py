@@ -13,12 +13,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, name: str, scopes: str, **options) -> None:
+        if not name.strip():  # the name is the caller's identity in uploaded_by and the logs
+            raise CommandError("the name must not be empty", returncode=2)
         try:
             key = apikeys.create_key(name, apikeys.parse_scopes(scopes))
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         except apikeys.KeyExists as exc:
             raise CommandError(f"a key named {name!r} exists already") from exc
-        apikeys.forget_cached()
         self.stderr.write(f"Created API key {name!r} with scopes {scopes}. Store it now: it is not kept.")
         self.stdout.write(key)

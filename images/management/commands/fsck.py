@@ -4,12 +4,21 @@ with --repair, fixes what can be fixed safely.
 Kinds of damage:
 - missing_blob: a record whose bytes are gone. Nothing can bring them back; --repair deletes such
   a record only with --delete-broken-records (then re-import the image).
-- orphan_blob: bytes (a file, or a GridFS file) no record refers to. Deleted by --repair.
+- orphan_blob: bytes (a file, or a GridFS file) no record refers to nor pins. Deleted by --repair.
+- stale_pin: a pin on a blob (see images/storage.py) that no record holds: an upload cut off after
+  pinning, or a delete cut off before unpinning. --repair gives it back (the blob goes with the last).
+- unpinned_record: a record whose blob holds no pin for it. --repair pins it.
+- untracked_blob: a blob written before blobs kept pins. --repair pins it for its records; fsck's own
+  pin on it goes in a later run, once older than --grace.
 - orphan_derivative: a derivative (named `<original sha256>_<parameters>`, see images/derivatives.py)
   whose original no record needs any more. Deleted by --repair.
 - size_mismatch, sha256_mismatch (with --deep, which re-reads every blob): bytes that are not the
   ones their records describe. Like missing bytes, only --delete-broken-records deletes the records
   (and so the bytes); otherwise a person decides, since damaged bytes may still be worth something.
+- The GridFS files of the Flask service's records, adopted or set aside or not yet (images/legacy.py),
+  are not blobs: left alone, whatever their names, and counted as legacy_files.
+- wrong_dimensions (with --deep): a record whose width and height are not the picture's as shown,
+  after EXIF orientation (records stored before uploads applied it). --repair stores the right ones.
 - temp_file (embedded mode: `<blobs>/.tmp`), orphan_chunks (mongo mode: GridFS chunks without a files
   document), upload_temp_file (spooled uploads in FILE_UPLOAD_TEMP_DIR): what unfinished writes left
   behind. Deleted by --repair.
@@ -28,6 +37,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
+from bson import ObjectId
 from django.conf import settings
 from django.core.files.storage import Storage
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -35,12 +45,15 @@ from django.db import DatabaseError
 from gridfs.errors import CorruptGridFile
 from pymongo.errors import PyMongoError
 
-from images import services
+from images import legacy, mongo, services
 from images.bulk import human_bytes
-from images.documents import Documents, ImageRecord, get_documents, iter_records
+from images.documents import Documents, ImageRecord, MongoDocuments, get_documents, iter_records
+from images.errors import UnprocessableImage
 from images.storage import Leftover, files_in, image_storage
+from images.validation import opened, shown_size
 
 BROKEN_RECORDS_FLAG = "--delete-broken-records"
+FSCK = "~fsck"  # the pin fsck takes to delete an orphan blob the way a delete does
 
 
 @dataclass
@@ -79,22 +92,30 @@ class Check:
         self.blobs: set[str] = set()
         self.users: defaultdict[str, list[str]] = defaultdict(list)  # blob name: image_ids
         self.sizes: dict[str, int] = {}  # blob name: the size its records give
+        self.legacy_files: set[str] = set()  # names of the Flask service's files (see images/legacy.py)
+        self.dimensions: defaultdict[str, list[tuple[str, int, int]]] = defaultdict(list)  # --deep
 
     def run(self, deep: bool) -> None:
         # Blobs are listed before records are read: a blob is written before its record, so every
         # record read afterwards has its blob in the list unless the blob really is gone.
         self.blobs = set(self.storage.listdir("")[1])
+        if settings.MONGO:
+            self.legacy_files = legacy.held_file_names(mongo.get_database()) & self.blobs
         missing: list[ImageRecord] = []
         for record in iter_records(self.docs):
             self.records += 1
             self.users[record.sha256].append(record.image_id)
             self.sizes[record.sha256] = record.size
+            if deep:
+                self.dimensions[record.sha256].append((record.image_id, record.width, record.height))
             if record.sha256 not in self.blobs:
                 missing.append(record)
         self.missing_blobs(missing)
+        self.pins()
         self.orphan_blobs()
         if deep:
             self.damaged_blobs()
+            self.wrong_dimensions()
         for leftover in self.storage.leftovers():
             self.leftover(self.storage.LEFTOVER_KIND, leftover, self.storage.delete_leftover)
         spool = Path(settings.FILE_UPLOAD_TEMP_DIR)
@@ -109,10 +130,12 @@ class Check:
             self.broken(Problem("missing_blob", record.image_id, detail, ""), [record.image_id])
 
     def orphan_blobs(self) -> None:
-        for name in sorted(self.blobs - self.users.keys()):
+        for name in sorted(self.blobs - self.users.keys() - self.legacy_files):
             original = name.partition("_")[0]  # a derivative belongs to its original
             if original in self.users or self.docs.references(original):
                 continue  # needed, or its record arrived since the listing
+            if name == original and self.storage.pins(name) != {}:
+                continue  # pinned (an upload under way, or a stale pin), or untracked: see `pins`
             try:
                 modified, size = self.storage.get_modified_time(name), self.storage.size(name)
             except FileNotFoundError:
@@ -120,13 +143,44 @@ class Check:
             if not self.recent(modified):
                 kind = "orphan_blob" if name == original else "orphan_derivative"
                 detail = f"no record needs it ({human_bytes(size)}, written {modified:%F %T})"
-                fix = partial(self.release, name)
+                fix = partial(self.release if name == original else self.storage.delete, name)
                 self.problems.append(Problem(kind, name, detail, "delete it", fix))
 
+    def pins(self) -> None:
+        """Each record pins its blob, and each pin is a record's (see images/storage.py)."""
+        for name in sorted(n for n in self.blobs - self.legacy_files if "_" not in n):
+            users = self.users.get(name, [])
+            pins = self.storage.pins(name)
+            if pins is None:
+                if self.storage.exists(name):
+                    detail = f"written before blobs kept pins; {len(users)} record(s) use it"
+                    fix = partial(self.track, name)
+                    self.problems.append(Problem("untracked_blob", name, detail, "pin it for them", fix))
+                continue
+            for image_id in users:
+                if image_id not in pins:
+                    detail = f"its blob {name} holds no pin for it"
+                    fix = partial(self.storage.pin, name, image_id)
+                    self.problems.append(Problem("unpinned_record", image_id, detail, "pin it", fix))
+            for holder, pinned_at in sorted(pins.items()):
+                if holder in users or self.recent(pinned_at) or self.docs.get(holder) is not None:
+                    continue  # a record's, or an upload's under way, or its record arrived since
+                detail = f"pinned by {holder}, which is no record (since {pinned_at:%F %T})"
+                fix = partial(services.release_blob, self.storage, name, holder)
+                self.problems.append(Problem("stale_pin", name, detail, "give the pin back", fix))
+
+    def track(self, name: str) -> None:
+        """Starts keeping pins on an untracked blob. fsck's own TRACKING pin stays until a later run
+        finds it older than --grace, so an upload that found the blob untracked meanwhile has had
+        its record written (and pinned here) by then."""
+        self.storage.track(name)
+        for image_id in self.users[name]:
+            self.storage.pin(name, image_id)
+
     def release(self, name: str) -> None:
-        """Deletes the blob if still no record refers to it, serialized with uploads where the store can."""
-        with self.docs.atomic():
-            services.release_blob(self.docs, name)
+        """Deletes an unpinned blob with its derivatives, unless an upload pins it first."""
+        if self.storage.pin(name, FSCK):
+            services.release_blob(self.storage, name, FSCK)
 
     def damaged_blobs(self) -> None:
         for name in sorted(self.users.keys() & self.blobs):
@@ -149,6 +203,22 @@ class Check:
         except CorruptGridFile as exc:  # chunks missing, or cut short
             return "size_mismatch", f"its chunks do not make up its {expected:,} bytes ({exc})"
         return None if actual == name else ("sha256_mismatch", f"its bytes hash to {actual}")
+
+    def wrong_dimensions(self) -> None:
+        """Records whose width and height are not the shown picture's (read from each blob's header)."""
+        for name, records in sorted(self.dimensions.items()):
+            try:
+                with self.storage.open(name) as blob, opened(blob, settings.ALLOWED_IMAGE_FORMATS) as im:
+                    shown = shown_size(im)
+            except (FileNotFoundError, UnprocessableImage, CorruptGridFile):
+                continue  # gone since the listing, or damaged: the other checks' business
+            for image_id, width, height in records:
+                if (width, height) != shown:
+                    right = "x".join(map(str, shown))
+                    detail = f"says {width}x{height}; shown (EXIF orientation applied), it is {right}"
+                    fix = partial(set_dimensions, self.docs, image_id, *shown)
+                    remedy = "store the shown width and height"
+                    self.problems.append(Problem("wrong_dimensions", image_id, detail, remedy, fix))
 
     def broken(self, problem: Problem, image_ids: list[str]) -> None:
         """Bytes missing or damaged: the records are deleted (and so the blob) only if asked to."""
@@ -184,6 +254,15 @@ class Check:
                 problem.repaired = True
             except (OSError, PyMongoError, DatabaseError) as exc:
                 problem.remedy += f" ({exc.__class__.__name__}: {exc})"
+
+
+def set_dimensions(docs: Documents, image_id: str, width: int, height: int) -> None:
+    """Records never change otherwise, so the document manager has no update: fsck writes these two
+    fields itself."""
+    if isinstance(docs, MongoDocuments):
+        docs.collection.update_one({"_id": ObjectId(image_id)}, {"$set": {"width": width, "height": height}})
+    else:
+        docs.rows.filter(image_id=image_id).update(width=width, height=height)
 
 
 def delete_records(image_ids: list[str]) -> None:
@@ -232,6 +311,7 @@ class Command(BaseCommand):
                 "mode": "mongo" if settings.MONGO else "embedded",
                 "records": check.records,
                 "blobs": len(check.blobs),
+                "legacy_files": len(check.legacy_files),
                 "deep": deep,
                 "grace_seconds": grace,
                 "left_alone": check.left_alone,
@@ -253,6 +333,11 @@ class Command(BaseCommand):
         how = "sizes and sha256 re-read" if deep else "presence only; --deep re-reads every blob"
         lines = [f"Checked the {mode} store: {check.records:,} records, {len(check.blobs):,} blobs ({how})."]
         lines += [problem.line(repair) for problem in check.problems]
+        if check.legacy_files:
+            lines.append(
+                f"Left alone: {len(check.legacy_files)} GridFS file name(s) of the Flask service's records "
+                "(see manage.py adopt_legacy)."
+            )
         if check.left_alone:
             lines.append(
                 f"Left alone: {check.left_alone} orphan(s) or temporary file(s) younger than {grace} s."

@@ -28,7 +28,7 @@ from images.documents import (
     get_documents,
     iter_records,
 )
-from images.services import sha256_of
+from images.services import release_blob, sha256_of
 from images.storage import BlobFileSystemStorage, GridFSStorage, image_storage
 
 COPIED, PRESENT, FAILED = "copied", "present", "failed"
@@ -129,9 +129,12 @@ class Migration:
             except Damaged as exc:
                 return FAILED, 0, str(exc)
             self.verified.add(record.sha256)
+        if not self.target.storage.pin(record.sha256, record.image_id):
+            return FAILED, copied, f"blob {record.sha256} went from the target meanwhile"
         try:
             self.target.docs.insert(record)
         except DuplicateImage:
+            release_blob(self.target.storage, record.sha256, record.image_id)
             return FAILED, copied, "the target has the same image for this model under another image_id"
         return COPIED, copied, None
 
@@ -166,11 +169,8 @@ class Migration:
             if copy is None or not same_image(copy, record) or not self.target.storage.exists(record.sha256):
                 tally.add(FAILED, record.size, record.image_id, "not in the target (new since the copy?)")
                 continue
-            with self.source.docs.atomic():
-                self.source.docs.delete(record.image_id)
-                if not self.source.docs.references(record.sha256):
-                    for name in [*derivatives_of(self.source.storage, record.sha256), record.sha256]:
-                        self.source.storage.delete(name)
+            if self.source.docs.delete(record.image_id):
+                release_blob(self.source.storage, record.sha256, record.image_id)
             tally.add(COPIED, record.size)
         return tally
 

@@ -10,7 +10,6 @@ class Command(BaseCommand):
         parser.add_argument("name")
 
     def handle(self, *args, name: str, **options) -> None:
-        if not apikeys.get_key_store().revoke(name):
+        if not apikeys.revoke_key(name):
             raise CommandError(f"no active key named {name!r}")
-        apikeys.forget_cached()
         self.stdout.write(f"Revoked API key {name!r}.")

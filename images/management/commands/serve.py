@@ -17,10 +17,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from pymongo.errors import PyMongoError
 
-from images import apikeys
+from images import apikeys, legacy
 from images.auth import jwt_configured
 from images.documents import MongoDocuments
-from images.mongo import get_client
+from images.mongo import get_client, get_database, location
 from imageservice.gunicorn_conf import METRICS_DIR_PREFIX
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Command(BaseCommand):
             if settings.MONGO:
                 get_client().close()  # MongoClient is not fork-safe: the workers make their own
         self._prepare_metrics(bind)
-        mode = "mongo" if settings.MONGO else f"embedded ({settings.DATA_DIR})"
+        mode = f"mongo ({location()})" if settings.MONGO else f"embedded ({settings.DATA_DIR})"
         self.stdout.write(f"image-service: {mode} mode, listening on http://{bind}/")
         self.stdout.flush()
         argv = [
@@ -74,6 +74,8 @@ class Command(BaseCommand):
             "--timeout", "60",
             "--graceful-timeout", "30",
             "--keep-alive", "5",
+            # X-Forwarded-Proto (https URLs) only from a proxy: none trusted at NUM_PROXIES=0, as in Django.
+            "--forwarded-allow-ips", "*" if settings.NUM_PROXIES else "",
             "--config", "python:imageservice.gunicorn_conf",
             "--no-control-socket",  # several instances may run on one host
         ]  # fmt: skip
@@ -120,8 +122,10 @@ class Command(BaseCommand):
         )
 
     def _prepare_mongo(self) -> None:
-        """Creates the indexes up front; an unreachable server is reported, not fatal (503s follow)."""
+        """Creates the indexes up front and says if the Flask service's records wait for adoption; an
+        unreachable server is reported, not fatal (503s follow)."""
         try:
             MongoDocuments().ensure_indexes()
+            legacy.warn_at_start(get_database())
         except PyMongoError as exc:
             log.warning("MongoDB is not reachable yet (%s); requests will get 503 until it is", exc)

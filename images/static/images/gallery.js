@@ -42,11 +42,12 @@ function el(tag, props = {}, ...children) {
 
 const presetUrl = (record, preset) => `${record.url}?preset=${preset}`;
 
+// As the admin and the commands write sizes (images.bulk.human_bytes): 153 B, 1.4 kB, 2.0 MB.
 function formatSize(bytes) {
-  const units = ["B", "KB", "MB", "GB"];
+  const units = ["B", "kB", "MB", "GB", "TB"];
   let unit = 0;
-  while (bytes >= 1024 && unit < units.length - 1) {
-    bytes /= 1024;
+  while (bytes >= 1000 && unit < units.length - 1) {
+    bytes /= 1000;
     unit += 1;
   }
   return unit ? `${bytes.toFixed(1)} ${units[unit]}` : `${bytes} B`;
@@ -353,6 +354,9 @@ async function start() {
     return whoami();
   });
   $("who").textContent = describe();
+  // A pasted key speaks for this tab: no "Sign in" beside it, and "Forget key" instead of another.
+  $("sign-in")?.toggleAttribute("hidden", Boolean(apiKey()));
+  $("key-panel").hidden = Boolean(apiKey());
   $("forget-key").hidden = !apiKey();
   $("upload").hidden = !can("write");
   if (!can("read")) {
