@@ -85,7 +85,8 @@ def add_image(
             return existing, False
         if _insert(docs, record, file):
             break
-        if image_id:  # the collision was on the id that an import asked to restore
+        taken = image_id and docs.get(image_id)  # an import's id that another image holds?
+        if taken and (taken.model_id, taken.sha256) != (model_id, sha256):
             raise InvalidRequest(f"image_id {image_id} belongs to another image.", code="image_id_taken")
     else:
         raise StorageUnavailable("The image was changed concurrently; retry.")
