@@ -99,12 +99,12 @@ def add_image(
 
 
 def _insert(docs: Documents, record: ImageRecord, file: File) -> bool:
-    """Pins (or writes) the blob, then writes the record: False if `(model_id, sha256)` or the
-    image_id exists already, with the pin given back."""
+    """Pins the blob (writing it if need be), then writes the record: False if `(model_id, sha256)`
+    or the image_id exists already, with the pin given back."""
     storage = image_storage()
-    with timed("blob_save"):
-        hold_blob(storage, record.sha256, file, record.image_id)
     try:
+        with timed("blob_save"):
+            hold_blob(storage, record.sha256, file, record.image_id)
         with timed("record_insert"):
             docs.insert(record)
         return True
@@ -117,14 +117,11 @@ def _insert(docs: Documents, record: ImageRecord, file: File) -> bool:
 
 
 def hold_blob(storage: Storage, sha256: str, file: File, holder: str) -> None:
-    """Pins the blob `sha256` for `holder` (a record about to be written), writing it first if it is
-    not there: so a concurrent delete of the last record that shared these bytes either leaves them
-    or finds our pin, and the record never points at nothing (see images/storage.py)."""
-    for _ in range(3):
-        if storage.pin(sha256, holder):
-            return
-        storage.save(sha256, file)  # pinned at once below; until then fsck's grace protects it
-    raise StorageUnavailable("The image's bytes were removed while being stored; retry.")
+    """Pins the blob `sha256` for `holder` (a record about to be written), then writes the bytes if
+    they are not there yet. The pin comes first, so no delete of another record that shares these
+    bytes can remove them before our record exists (see images/storage.py)."""
+    if not storage.pin(sha256, holder):
+        storage.save(sha256, file)
 
 
 def release_blob(storage: Storage, sha256: str, holder: str) -> None:

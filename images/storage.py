@@ -100,7 +100,8 @@ def _check_holder(holder: str) -> None:
 class ContentAddressedMixin:
     """Names are digests of content: never renamed on collision, and saved once.
 
-    Pins (see the module's doc): `pin(name, holder) -> bool` (False: no such blob, save it first),
+    Pins (see the module's doc): `pin(name, holder) -> bool` (False: no such blob yet; the pin
+    holds the name, so save the bytes next, or unpin),
     `unpin(name, holder) -> bool` (True: that was the last pin, and the blob is gone),
     `pins(name) -> Pins | None` (None: untracked), and `track(name)` for fsck.
     """
@@ -162,13 +163,14 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
     def pin(self, name: str, holder: str) -> bool:
         _check_holder(holder)
         with self._locked(name) as refs:
-            if not os.path.exists(self.path(name)):
-                return False
-            if os.path.isdir(refs):  # else untracked: nothing unpins it away
-                with open(os.path.join(refs, holder), "w"):
-                    pass
-                _fsync_dir(refs)  # a pin lost in a crash could let another unpin remove the blob
-            return True
+            exists = os.path.exists(self.path(name))
+            if exists and not os.path.isdir(refs):
+                return True  # untracked: nothing unpins it away
+            os.makedirs(refs, exist_ok=True)
+            with open(os.path.join(refs, holder), "w"):
+                pass
+            _fsync_dir(refs)  # a pin lost in a crash could let another unpin remove the blob
+            return exists
 
     def unpin(self, name: str, holder: str) -> bool:
         _check_holder(holder)
@@ -482,19 +484,14 @@ class GridFSStorage(ContentAddressedMixin, Storage):
             self._delete_file(doc["_id"])
 
     def pin(self, name: str, holder: str) -> bool:
-        """The pin is written, then the name's closing mark is looked for, then the blob: an `unpin`
-        writes its mark, then looks for pins, and deletes the blob before it removes its mark. So
-        either the unpin sees this pin and keeps the blob, or this sees the mark (and waits for it to
-        go) or the blob's absence, and then takes its pin back: False says to save the bytes first."""
+        """The pin is written, then the name's closing mark is looked for: an `unpin` writes its mark,
+        then looks for pins, and deletes the blob before it removes its mark. So either that unpin
+        sees this pin and keeps the blob, or this sees its mark and waits for it to go; from then on
+        no unpin can remove the blob, whether it exists now or is saved next."""
         _check_holder(holder)
-        if not self.exists(name):
-            return False  # a new blob (most uploads): one round trip to say so
         self._add_pin(name, holder)
         self._wait_for_closing(name)
-        if self.exists(name):
-            return True
-        self.pin_docs.delete_one({"_id": f"{name}/{holder}"})
-        return False
+        return self.exists(name)
 
     def _add_pin(self, name: str, holder: str) -> None:
         mongo.ensure_indexes(self.pin_docs, self.PINS_INDEXES)
