@@ -9,7 +9,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
 from .backend import get_backend
-from .errors import RETRY_AFTER_SECONDS
+from .errors import RETRY_AFTER_SECONDS, error_json
 
 
 @require_safe
@@ -29,8 +29,5 @@ def readyz(request: HttpRequest) -> JsonResponse:
     problem = _problem()
     if problem is None:
         return JsonResponse({"status": "ready"})
-    return JsonResponse(
-        {"status": "unavailable", "error": "storage_unavailable", "detail": problem},
-        status=503,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return error_json(503, "storage_unavailable", problem, headers=headers, status="unavailable")

@@ -19,13 +19,14 @@ from datetime import datetime
 from typing import IO
 from urllib.parse import quote
 
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.cache import get_conditional_response, patch_vary_headers
 from django.utils.http import http_date
 
 from . import derivatives, hotcache, services
 from .backend import get_backend
 from .documents import ImageRecord
+from .errors import error_json
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
@@ -176,9 +177,10 @@ def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTAB
     validators = HttpResponse(headers=headers)
     conditional = get_conditional_response(request, etag, last_modified, validators)
     if conditional.status_code == 412:  # Django's own is an empty text/html body; errors are JSON
-        return JsonResponse(
-            {"error": "precondition_failed", "detail": "If-Match or If-Unmodified-Since did not hold."},
-            status=412,
+        return error_json(
+            412,
+            "precondition_failed",
+            "If-Match or If-Unmodified-Since did not hold.",
             headers={"ETag": etag, "Cache-Control": "no-store"},
         )
     if conditional is not validators:
@@ -191,9 +193,10 @@ def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTAB
         try:
             span = parse_range(request.headers["Range"], size)
         except ValueError:
-            return JsonResponse(
-                {"error": "range_not_satisfiable", "detail": f"The image has {size} bytes."},
-                status=416,
+            return error_json(
+                416,
+                "range_not_satisfiable",
+                f"The image has {size} bytes.",
                 headers={"Content-Range": f"bytes */{size}", "Cache-Control": "no-store"},
             )
     start, end = span or (0, size - 1)

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from . import services
 from .auth import HasScope, allowed, caller_name
 from .documents import ImageRecord
-from .errors import InvalidRequest
+from .errors import InvalidRequest, error_body
 from .negotiation import LenientNegotiation
 from .pagination import COUNT_HEADER, next_link, parse_count, parse_cursor, parse_limit
 from .schema import image_api_schema
@@ -69,7 +69,7 @@ class ImageViewSet(viewsets.ViewSet):
             detail = "POST the form below to upload an image."
         else:
             detail = "Uploading needs the 'write' scope: sign in, or send an API key that has it."
-        body = {"error": "method_not_allowed", "detail": f'Method "{request.method}" not allowed. {detail}'}
+        body = error_body("method_not_allowed", f'Method "{request.method}" not allowed. {detail}')
         return Response(body, status=status.HTTP_405_METHOD_NOT_ALLOWED)
 
     def _json(self, request: Request, record: ImageRecord, **kwargs) -> Response:
