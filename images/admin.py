@@ -17,8 +17,8 @@ from django.urls import path, reverse
 from django.utils.http import urlencode
 
 from . import apikeys, services
-from .documents import get_documents
 from .errors import InvalidRequest
+from .keystore import KeyExists
 from .pagination import encode_cursor, parse_cursor
 from .validation import validate_model_id
 
@@ -89,7 +89,7 @@ class ImageServiceAdminSite(admin.AdminSite):
         except InvalidRequest as exc:
             messages.error(request, str(exc.detail))
             model_id, after = None, None
-        records = get_documents().page(model_id, after, PAGE_SIZE + 1, matching=matching)
+        records = services.page(model_id, after, PAGE_SIZE + 1, matching=matching)
         next_url = None
         if len(records) > PAGE_SIZE:
             query = {k: v for k, v in (("model_id", model_id), ("q", matching)) if v}
@@ -105,7 +105,7 @@ class ImageServiceAdminSite(admin.AdminSite):
         return TemplateResponse(request, "admin/images/browse.html", context)
 
     def delete(self, request: HttpRequest, image_id: str) -> HttpResponse:
-        record = get_documents().get(image_id)
+        record = services.find_record(image_id)
         if record is None:
             raise Http404("No such image.")
         if request.method == "POST":
@@ -123,7 +123,7 @@ class ImageServiceAdminSite(admin.AdminSite):
 
     def keys(self, request: HttpRequest) -> HttpResponse:
         self._superuser_only(request)
-        context = {**self.each_context(request), "title": "API keys", "keys": apikeys.get_key_store().all()}
+        context = {**self.each_context(request), "title": "API keys", "keys": apikeys.all_keys()}
         return TemplateResponse(request, "admin/images/api_keys.html", context)
 
     def add_key(self, request: HttpRequest) -> HttpResponse:
@@ -133,7 +133,7 @@ class ImageServiceAdminSite(admin.AdminSite):
         if form.is_valid():
             try:
                 key = apikeys.create_key(form.cleaned_data["name"], form.scopes())
-            except apikeys.KeyExists:
+            except KeyExists:
                 form.add_error("name", "A key of that name exists already (revoked keys keep their names).")
         context = {**self.each_context(request), "title": "Add API key", "form": form, "key": key}
         if key:

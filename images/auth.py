@@ -17,6 +17,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
 
 from . import apikeys
+from .backend import get_backend
 
 CHALLENGE = 'Api-Key realm="image-service", Bearer realm="image-service"'
 
@@ -54,7 +55,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if found is None or not found.name.strip():  # nameless: made before names were checked
             raise AuthenticationFailed(
                 "The API key is not valid, or it has been revoked. Keys work only in the store they "
-                f"were made in; this service checks {apikeys.get_key_store().WHERE}."
+                f"were made in; this service checks {get_backend().keys.WHERE}."
             )
         return Principal(found.name, frozenset(found.scopes)), found
 

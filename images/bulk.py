@@ -14,10 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.migrations.executor import MigrationExecutor
 from tqdm import tqdm
 
 from .documents import ImageRecord
@@ -162,10 +159,3 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
         aligned = [c.rjust(w) for c, w in zip(figures, widths[1:], strict=True)]
         lines.append("  ".join([name.ljust(widths[0]), *aligned]).rstrip())
     return lines
-
-
-def ensure_schema(using: str = DEFAULT_DB_ALIAS) -> None:
-    """Creates the tables in a fresh database, as `serve` does at start, before records go in."""
-    executor = MigrationExecutor(connections[using])
-    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
-        call_command("migrate", database=using, interactive=False, verbosity=0)

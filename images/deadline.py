@@ -14,21 +14,20 @@ longer; their bytes, once the view has answered, stream under the plain socket t
 
 from collections.abc import Callable
 
-import pymongo
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from .backend import get_backend
 from .derivatives import wanted
 
 
 class LookupDeadline:
-    """Django middleware: applies the deadline in Mongo mode."""
+    """Django middleware: applies the backend's lookup deadline (MongoDB's; the embedded store has none)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if settings.MONGO and request.method in ("GET", "HEAD") and not wanted(request.GET):
-            with pymongo.timeout(settings.MONGO_TIMEOUT_MS / 1000 + 1):
+        if request.method in ("GET", "HEAD") and not wanted(request.GET):
+            with get_backend().lookup_deadline():
                 return self.get_response(request)
         return self.get_response(request)

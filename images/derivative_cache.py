@@ -19,95 +19,46 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Sum
-from pymongo import ASCENDING, IndexModel
-from pymongo.errors import DuplicateKeyError
 
-from . import leases, mongo
-from .models import DerivativeUse
-from .storage import image_storage
+from .backend import get_backend
 
 # `derivatives.Spec.name`: `<sha256>_<w>x<h>_<fit>_q<quality>.<format>`; a base (`_base.jpg`) never matches.
 DERIVATIVE_NAME = re.compile(r"[0-9a-f]{64}_\d+x\d+_[a-z]+_q\d+\.[a-z]+")
 EVICTION_LEASE = "derivative-cache-eviction"
 BATCH = 100
-INDEXES = [IndexModel([("used_at", ASCENDING)], name="used_at")]
 
 
 def _grace() -> timedelta:
     return timedelta(seconds=settings.HOT_CACHE_SECONDS + 1)
 
 
-def _collection():
-    collection = mongo.get_database()["derivative_uses"]
-    mongo.ensure_indexes(collection, INDEXES)
-    return collection
-
-
 def made(name: str, size: int) -> None:
     """Records a derivative just stored, then removes the least recently used if over the cap."""
-    now = datetime.now(UTC)
-    if settings.MONGO:
-        _collection().update_one({"_id": name}, {"$set": {"size": size, "used_at": now}}, upsert=True)
-    else:
-        DerivativeUse.objects.update_or_create(name=name, defaults={"size": size, "used_at": now})
+    get_backend().derivative_uses.made(name, size, datetime.now(UTC))
     evict()
 
 
 def used(name: str) -> None:
     """Records that a derivative (which exists) was asked for; one made before rows existed gets
     its row now."""
-    now = datetime.now(UTC)
-    if settings.MONGO:
-        found = _collection().update_one({"_id": name}, {"$set": {"used_at": now}}).matched_count
-    else:
-        found = DerivativeUse.objects.filter(name=name).update(used_at=now)
-    if found:
+    backend, now = get_backend(), datetime.now(UTC)
+    if backend.derivative_uses.touch(name, now):
         return
     try:
-        size = image_storage().size(name)
+        size = backend.blobs.size(name)
     except FileNotFoundError:
         return  # removed meanwhile: the caller gets a 404 and may ask again
-    try:
-        if settings.MONGO:
-            _collection().insert_one({"_id": name, "size": size, "used_at": now})
-        else:
-            with transaction.atomic():
-                DerivativeUse.objects.create(name=name, size=size, used_at=now)
-    except (DuplicateKeyError, IntegrityError):
-        pass  # another worker recorded it at the same moment
+    backend.derivative_uses.add(name, size, now)  # nothing if another worker just did
 
 
 def forget(name: str) -> None:
     """Drops the row of a derivative deleted with its original, so that it stops counting."""
-    if settings.MONGO:
-        _collection().delete_one({"_id": name})
-    else:
-        DerivativeUse.objects.filter(name=name).delete()
+    get_backend().derivative_uses.forget(name)
 
 
 def total() -> int:
     """What the recorded derivatives occupy, in bytes."""
-    if settings.MONGO:
-        found = list(_collection().aggregate([{"$group": {"_id": None, "total": {"$sum": "$size"}}}]))
-        return int(found[0]["total"]) if found else 0
-    return DerivativeUse.objects.aggregate(total=Sum("size"))["total"] or 0
-
-
-def _least_recently_used(before: datetime) -> list[tuple[str, int, datetime]]:
-    if settings.MONGO:
-        docs = _collection().find({"used_at": {"$lt": before}}).sort("used_at", ASCENDING).limit(BATCH)
-        return [(doc["_id"], doc["size"], doc["used_at"]) for doc in docs]
-    rows = DerivativeUse.objects.filter(used_at__lt=before).order_by("used_at")[:BATCH]
-    return [(row.name, row.size, row.used_at) for row in rows]
-
-
-def _forget_unused(name: str, used_at: datetime) -> bool:
-    """Deletes the row if nobody used the derivative since `used_at`; whether it did."""
-    if settings.MONGO:
-        return _collection().delete_one({"_id": name, "used_at": used_at}).deleted_count == 1
-    return DerivativeUse.objects.filter(name=name, used_at=used_at).delete()[0] == 1
+    return get_backend().derivative_uses.total()
 
 
 def evict() -> int:
@@ -118,13 +69,16 @@ def evict() -> int:
     if excess <= 0:
         return 0
     removed = 0
-    with leases.holding(EVICTION_LEASE, 60) as mine:
+    backend = get_backend()
+    with backend.leases.holding(EVICTION_LEASE, 60) as mine:
         while mine and removed < excess:
-            batch = _least_recently_used(datetime.now(UTC) - _grace())
+            batch = backend.derivative_uses.least_recently_used(datetime.now(UTC) - _grace(), BATCH)
             for name, size, used_at in batch:
-                if not DERIVATIVE_NAME.fullmatch(name) or not _forget_unused(name, used_at):
+                if not DERIVATIVE_NAME.fullmatch(name):
                     continue
-                image_storage().delete(name)
+                if not backend.derivative_uses.forget_unused(name, used_at):
+                    continue
+                backend.blobs.delete(name)
                 removed += size
                 if removed >= excess:
                     break

@@ -37,13 +37,12 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 from django.http import QueryDict
 from PIL import Image, ImageCms, ImageOps
-from pymongo.errors import PyMongoError
 
-from . import derivative_cache, leases, throttling
+from . import derivative_cache, throttling
+from .backend import STORE_ERRORS, get_backend
 from .documents import ImageRecord
 from .errors import InvalidRequest, StorageUnavailable, UnprocessableImage
 from .sandbox import OverLimit, run_limited
-from .storage import image_storage
 from .validation import opened, plain_integer
 
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
@@ -130,11 +129,11 @@ def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spe
 
 def ensure(record: ImageRecord, spec: Spec) -> str:
     """The derivative's blob name, made first if need be: by one worker, whoever else asks at once."""
-    storage = image_storage()
+    storage = get_backend().blobs
     name = spec.name(record.sha256)
     give_up = time.monotonic() + settings.DERIVATIVE_TIMEOUT + 5
     while not storage.exists(name):
-        with leases.holding(name, settings.DERIVATIVE_TIMEOUT + 5) as mine:
+        with get_backend().leases.holding(name, settings.DERIVATIVE_TIMEOUT + 5) as mine:
             if mine and not storage.exists(name):
                 throttling.check_derive()  # a 429 for a caller past THROTTLE_DERIVE
                 data = _make(record, spec)
@@ -156,7 +155,7 @@ def ensure(record: ImageRecord, spec: Spec) -> str:
 
 def _make(record: ImageRecord, spec: Spec) -> bytes:
     """The derivative's bytes, from the original's base when the base holds enough pixels."""
-    storage = image_storage()
+    storage = get_backend().blobs
     made = None
     try:
         with storage.open(base_name(record.sha256)) as base:
@@ -182,8 +181,8 @@ def keep_base(sha256: str, preview: Image.Image | None) -> None:
     if preview is None:
         return
     try:
-        image_storage().save(base_name(sha256), ContentFile(base_bytes(preview)))
-    except (OSError, PyMongoError, StorageUnavailable) as exc:
+        get_backend().blobs.save(base_name(sha256), ContentFile(base_bytes(preview)))
+    except (*STORE_ERRORS, StorageUnavailable) as exc:
         log.warning("could not store the base of %s: %s", sha256, exc)
 
 
@@ -198,7 +197,7 @@ def base_bytes(preview: Image.Image) -> bytes:
 def delete_all(sha256: str, storage: Storage | None = None) -> None:
     """Deletes every derivative of an original (called once its bytes go). A derivative being made
     meanwhile is deleted by its maker (see `ensure`)."""
-    storage = storage or image_storage()
+    storage = storage or get_backend().blobs
     for name in storage.names_starting(f"{sha256}_"):
         storage.delete(name)
         derivative_cache.forget(name)

@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Protocol
 
 from bson import ObjectId
-from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -66,6 +65,9 @@ class Documents(Protocol):
 
     def references(self, sha256: str) -> bool:
         """Whether any record still needs the blob `sha256`."""
+
+    def set_dimensions(self, image_id: str, width: int, height: int) -> None:
+        """The one change a record ever gets: fsck --repair correcting what the bytes show."""
 
 
 def iter_records(docs: Documents, model_id: str | None = None, batch: int = 1000) -> Iterator[ImageRecord]:
@@ -188,6 +190,9 @@ class MongoDocuments:
     def references(self, sha256: str) -> bool:
         return self.collection.find_one({"sha256": sha256}, {"_id": 1}) is not None
 
+    def set_dimensions(self, image_id: str, width: int, height: int) -> None:
+        self.collection.update_one({"_id": ObjectId(image_id)}, {"$set": {"width": width, "height": height}})
+
 
 class SQLDocuments:
     def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
@@ -243,6 +248,5 @@ class SQLDocuments:
     def references(self, sha256: str) -> bool:
         return self.rows.filter(sha256=sha256).exists()
 
-
-def get_documents() -> Documents:
-    return MongoDocuments() if settings.MONGO else SQLDocuments()
+    def set_dimensions(self, image_id: str, width: int, height: int) -> None:
+        self.rows.filter(image_id=image_id).update(width=width, height=height)

@@ -1,9 +1,11 @@
 """Every error leaves the service as JSON: `{"error": <code>, "detail": <what to do>}`.
 
-One function, `error_response`, turns an exception into that answer. DRF views reach it through
-`api_exception_handler`, plain views (the bytes endpoints) through `JSONErrorMiddleware`, and URLs that
-match nothing through `handler404`/`handler500`. A dependency that is down becomes a 503 with
-`Retry-After`; a full disk becomes a 507. Anything else is a bug and stays a 500.
+`error_json` builds every such answer: here, and where one is made without an exception (a bytes
+response's 412 or 416, /readyz, a sign-in lockout). `error_response` turns an exception into it.
+DRF views reach it through `api_exception_handler`, plain views (the bytes endpoints) through
+`JSONErrorMiddleware`, and URLs that match nothing through `handler404`/`handler500`. A dependency
+that is down becomes a 503 with `Retry-After`; a full disk becomes a 507. Anything else is a bug and
+stays a 500.
 """
 
 import errno
@@ -119,6 +121,18 @@ def _sqlite_says(exc: Exception, word: str) -> bool:
     return isinstance(exc, (OperationalError, sqlite3.OperationalError)) and word in str(exc)
 
 
+def error_body(code: str, detail: str, **fields: object) -> dict:
+    """The error body, `fields` first (the ones an endpoint adds, such as /readyz's status)."""
+    return {**fields, "error": code, "detail": detail}
+
+
+def error_json(
+    http_status: int, code: str, detail: str, /, *, headers: dict[str, str] | None = None, **fields: object
+) -> JsonResponse:
+    """The one way a JSON error answer is made."""
+    return JsonResponse(error_body(code, detail, **fields), status=http_status, headers=headers)
+
+
 def error_response(exc: Exception) -> JsonResponse | None:
     api_exc = as_api_exception(exc)
     if api_exc is None:
@@ -126,7 +140,7 @@ def error_response(exc: Exception) -> JsonResponse | None:
     codes = api_exc.get_codes()
     code = codes if isinstance(codes, str) else api_exc.default_code
     detail = api_exc.detail if isinstance(api_exc.detail, str) else str(api_exc.detail)
-    response = JsonResponse({"error": code, "detail": detail}, status=api_exc.status_code)
+    response = error_json(api_exc.status_code, code, detail)
     response.error_code = code  # for the refused-uploads metric
     if auth_header := getattr(api_exc, "auth_header", None):  # set by DRF for 401s
         response["WWW-Authenticate"] = auth_header
@@ -155,14 +169,12 @@ class JSONErrorMiddleware:
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return JsonResponse({"error": "not_found", "detail": "No such URL."}, status=404)
+    return error_json(404, "not_found", "No such URL.")
 
 
 def handler500(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(
-        {"error": "server_error", "detail": "Internal error; it has been logged."}, status=500
-    )
+    return error_json(500, "server_error", "Internal error; it has been logged.")
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return JsonResponse({"error": "bad_request", "detail": "Bad request."}, status=400)
+    return error_json(400, "bad_request", "Bad request.")

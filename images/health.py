@@ -5,15 +5,11 @@ process restarted. `/readyz` says whether requests can be served now: the record
 blob store must answer.
 """
 
-import os
-
-from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
-from . import mongo
-from .errors import RETRY_AFTER_SECONDS
+from .backend import get_backend
+from .errors import RETRY_AFTER_SECONDS, error_json
 
 
 @require_safe
@@ -23,18 +19,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 def _problem() -> str | None:
     try:
-        if settings.MONGO:
-            mongo.get_client().admin.command("ping")
-            return None
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        location = settings.STORAGES["images"]["OPTIONS"]["location"]
-        os.makedirs(location, exist_ok=True)
-        if not os.access(location, os.W_OK):
-            return f"the blob directory {location} is not writable"
+        return get_backend().problem()
     except Exception as exc:  # noqa: BLE001 - any failure means not ready, and says why
         return f"{exc.__class__.__name__}: {exc}"
-    return None
 
 
 @require_safe
@@ -42,8 +29,5 @@ def readyz(request: HttpRequest) -> JsonResponse:
     problem = _problem()
     if problem is None:
         return JsonResponse({"status": "ready"})
-    return JsonResponse(
-        {"status": "unavailable", "error": "storage_unavailable", "detail": problem},
-        status=503,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return error_json(503, "storage_unavailable", problem, headers=headers, status="unavailable")

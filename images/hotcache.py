@@ -12,9 +12,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from django.conf import settings
+
+from .backend import get_backend
 
 T = TypeVar("T")
 MAX_ENTRIES = 50_000
@@ -89,9 +91,16 @@ def always(value: object) -> bool:
     return True
 
 
-def scoped(*parts: Hashable) -> tuple:
-    """A key that also names the record store, so switching stores (as tests do) never mixes them."""
-    return (repr(settings.MONGO), *parts)
+# What a cached answer is: a record by image_id, a model's newest record, a derivative's size (by
+# image_id and name), an API key's check (by hash), whether any key is active.
+Kind = Literal["record", "newest", "derivative", "key", "any"]
+
+
+def key(kind: Kind, *parts: Hashable) -> tuple:
+    """The one way to name a cached answer. It names the backend too, so that switching stores (as
+    tests do) never mixes them."""
+    backend = get_backend()
+    return (backend.name, backend.where, kind, *parts)
 
 
 records = TTLCache(lambda: settings.HOT_CACHE_SECONDS)

@@ -1,26 +1,90 @@
-"""Adding and removing images: records and blobs, written in the order that survives a crash.
+"""Every read and write of images, and the hot cache's invalidation: views, the admin and the
+commands come here, not to the backend's stores (fsck and migrate_storage, which check and copy the
+stores themselves, read them directly and still write through here).
 
-Adding pins the blob (writing it first if need be), then writes the record: a crash in between
-leaves a pin without a record (fsck reclaims it), never a record without bytes. Removing deletes the
-record, then gives back its pin; the blob goes with its last pin (see images/storage.py).
+Reads of one record, a model's newest and a derivative's size go through the per-process hot cache
+(images/hotcache.py), whose entries the writes here forget in this process.
+
+Records and blobs are written in the order that survives a crash. Adding pins the blob (writing it
+first if need be), then writes the record: a crash in between leaves a pin without a record (fsck
+reclaims it), never a record without bytes. Removing deletes the record, then gives back its pin;
+the blob goes with its last pin (see images/storage.py).
 """
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import Storage
+from rest_framework.exceptions import NotFound
 
-from . import derivatives, hotcache, mongo
-from .documents import Documents, DuplicateImage, ImageRecord, get_documents, new_image_id
+from . import derivatives, hotcache
+from .backend import get_backend
+from .documents import Documents, DuplicateImage, ImageRecord, Position, iter_records, new_image_id
 from .errors import InvalidRequest, PayloadTooLarge, StorageUnavailable
 from .observability import BYTES_STORED, IMAGES_STORED, timed
-from .storage import image_storage
 from .validation import ImageInfo, inspect_image, sanitize_filename
 
 log = logging.getLogger(__name__)
+
+
+def find_record(image_id: str) -> ImageRecord | None:
+    """The record, from the hot cache when this process read it lately (a record never changes)."""
+    return hotcache.records.get(hotcache.key("record", image_id), lambda: get_backend().records.get(image_id))
+
+
+def get_record(image_id: str) -> ImageRecord:
+    if (record := find_record(image_id)) is None:
+        raise NotFound(f"No image has image_id {image_id!r}.")
+    return record
+
+
+def find_by_content(model_id: str, sha256: str) -> ImageRecord | None:
+    """The model's record of these bytes, if it has one (an import's or adoption's dry run)."""
+    return get_backend().records.find(model_id, sha256)
+
+
+def newest_record(model_id: str) -> ImageRecord:
+    records = hotcache.records.get(
+        hotcache.key("newest", model_id), lambda: get_backend().records.page(model_id, None, 1)
+    )
+    if not records:
+        raise NotFound(f"Model {model_id!r} has no images.")
+    return records[0]
+
+
+def page(
+    model_id: str | None, after: Position | None, limit: int, matching: str | None = None
+) -> list[ImageRecord]:
+    """Up to `limit` records, newest first, after `after` (see documents.Documents.page)."""
+    return get_backend().records.page(model_id, after, limit, matching)
+
+
+def count(model_id: str | None = None) -> int:
+    return get_backend().records.count(model_id)
+
+
+def all_records(model_id: str | None = None) -> Iterator[ImageRecord]:
+    """Every record (of `model_id`), newest first, a page at a time (export, stats, fsck)."""
+    return iter_records(get_backend().records, model_id)
+
+
+def derivative_size(record: ImageRecord, spec: derivatives.Spec) -> int:
+    """The derivative's size, made first if need be. A derivative never changes once made, so its
+    size is kept like a record: a hit then costs no storage call at all, as for an original. Keyed
+    by the record too, so that the same bytes uploaded again after a delete (which took the
+    derivatives) are made anew."""
+    key = hotcache.key("derivative", record.image_id, spec.name(record.sha256))
+    return hotcache.records.get(key, lambda: get_backend().blobs.size(derivatives.ensure(record, spec)))
+
+
+def set_dimensions(image_id: str, width: int, height: int) -> None:
+    """The one change a record gets (fsck --repair); this process's cached copy goes with it."""
+    get_backend().records.set_dimensions(image_id, width, height)
+    hotcache.records.forget(hotcache.key("record", image_id))
 
 
 def max_upload_bytes() -> int:
@@ -64,7 +128,7 @@ def add_image(
     keyword arguments let an import restore an exported record exactly.
     """
     sha256, info = check_image(file)
-    docs = get_documents()
+    docs = get_backend().records
     record = ImageRecord(
         image_id=image_id or new_image_id(),
         model_id=model_id,
@@ -90,7 +154,7 @@ def add_image(
             raise InvalidRequest(f"image_id {image_id} belongs to another image.", code="image_id_taken")
     else:
         raise StorageUnavailable("The image was changed concurrently; retry.")
-    hotcache.records.forget(hotcache.scoped("newest", model_id))
+    hotcache.records.forget(hotcache.key("newest", model_id))
     with timed("base_save"):
         derivatives.keep_base(sha256, info.preview)
     IMAGES_STORED.inc()
@@ -101,7 +165,7 @@ def add_image(
 def _insert(docs: Documents, record: ImageRecord, file: File) -> bool:
     """Pins the blob (writing it if need be), then writes the record: False if `(model_id, sha256)`
     or the image_id exists already, with the pin given back."""
-    storage = image_storage()
+    storage = get_backend().blobs
     try:
         with timed("blob_save"):
             hold_blob(storage, record.sha256, file, record.image_id)
@@ -133,23 +197,24 @@ def release_blob(storage: Storage, sha256: str, holder: str) -> None:
 def delete_image(image_id: str) -> ImageRecord | None:
     """Deletes the record, then gives back its pin; None if it was not there (or another delete of
     it won: exactly one caller gets the record)."""
-    docs = get_documents()
+    backend = get_backend()
     with timed("delete"):
-        record = docs.delete(image_id)
+        record = backend.records.delete(image_id)
         if record is not None:
-            release_blob(image_storage(), record.sha256, image_id)
+            release_blob(backend.blobs, record.sha256, image_id)
     if record is not None:
-        hotcache.records.forget(hotcache.scoped("id", image_id))
-        hotcache.records.forget(hotcache.scoped("newest", record.model_id))
+        hotcache.records.forget(hotcache.key("record", image_id))
+        hotcache.records.forget(hotcache.key("newest", record.model_id))
     return record
 
 
 def _release_quietly(storage: Storage, record: ImageRecord, failure: BaseException) -> None:
     """Best-effort clean-up after a failed upload; a pin left here is reclaimed by fsck later. Quick
-    when MongoDB was lost, so that the client gets its 503 in time."""
+    when the store was lost, so that the client gets its 503 in time."""
+    backend = get_backend()
     try:
-        with mongo.cleanup_deadline(failure):
-            docs = get_documents()
+        with backend.cleanup_deadline(failure):
+            docs = backend.records
             stored = docs.get(record.image_id)  # the insert may have gone through unanswered
             if stored is None or stored == record:  # else an import's id that another image holds
                 docs.delete(record.image_id)

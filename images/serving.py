@@ -19,13 +19,14 @@ from datetime import datetime
 from typing import IO
 from urllib.parse import quote
 
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.cache import get_conditional_response, patch_vary_headers
 from django.utils.http import http_date
 
-from . import derivatives, hotcache
+from . import derivatives, hotcache, services
+from .backend import get_backend
 from .documents import ImageRecord
-from .storage import image_storage
+from .errors import error_json
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
@@ -85,7 +86,7 @@ def _has_fileno(file: IO[bytes]) -> bool:
 
 def _read_whole(name: str) -> bytes:
     """A small blob's bytes (the hot cache keeps only blobs of at most BlobCache.MAX_BLOB)."""
-    with image_storage().open(name) as file:
+    with get_backend().blobs.open(name) as file:
         return file.read()
 
 
@@ -154,21 +155,13 @@ def _bytes_response(request: HttpRequest, record: ImageRecord, cache_control: st
     original_format = derivatives.output_format(record.content_type)
     spec, negotiated = derivatives.parse_spec(request.GET, request.headers.get("Accept", ""), original_format)
     name = spec.name(record.sha256)
-    # A derivative never changes once made, so its size is kept like a record: a hit on a cached
-    # derivative then costs no storage call at all, as for an original. Keyed by the record too, so
-    # that the same bytes uploaded again after a delete (which took the derivatives) are made anew.
-    key = hotcache.scoped("derivative", record.image_id, name)
-    size = hotcache.records.get(key, lambda: _made_size(record, spec))
+    size = services.derivative_size(record, spec)
     stem = record.filename.rsplit(".", 1)[0] or record.filename
     blob = Blob(name, size, spec.content_type, f"{stem}.{spec.format}", record.uploaded_at)
     response = blob_response(request, blob, cache_control)
     if negotiated:
         patch_vary_headers(response, ["Accept"])
     return response
-
-
-def _made_size(record: ImageRecord, spec: derivatives.Spec) -> int:
-    return image_storage().size(derivatives.ensure(record, spec))
 
 
 def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTABLE) -> HttpResponseBase:
@@ -184,9 +177,10 @@ def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTAB
     validators = HttpResponse(headers=headers)
     conditional = get_conditional_response(request, etag, last_modified, validators)
     if conditional.status_code == 412:  # Django's own is an empty text/html body; errors are JSON
-        return JsonResponse(
-            {"error": "precondition_failed", "detail": "If-Match or If-Unmodified-Since did not hold."},
-            status=412,
+        return error_json(
+            412,
+            "precondition_failed",
+            "If-Match or If-Unmodified-Since did not hold.",
             headers={"ETag": etag, "Cache-Control": "no-store"},
         )
     if conditional is not validators:
@@ -199,9 +193,10 @@ def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTAB
         try:
             span = parse_range(request.headers["Range"], size)
         except ValueError:
-            return JsonResponse(
-                {"error": "range_not_satisfiable", "detail": f"The image has {size} bytes."},
-                status=416,
+            return error_json(
+                416,
+                "range_not_satisfiable",
+                f"The image has {size} bytes.",
                 headers={"Content-Range": f"bytes */{size}", "Cache-Control": "no-store"},
             )
     start, end = span or (0, size - 1)
@@ -217,7 +212,7 @@ def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTAB
         return HttpResponse(
             data[start : end + 1], status=status, headers=headers, content_type=blob.content_type
         )
-    file = image_storage().open(blob.name).file
+    file = get_backend().blobs.open(blob.name).file
     file.seek(start)
     reader = RangeReader(file, end - start + 1)
     if not hasattr(reader, "fileno"):

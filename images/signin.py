@@ -14,6 +14,8 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from rest_framework.throttling import BaseThrottle
 
+from .errors import error_json
+
 
 def client_address(request: HttpRequest) -> str:
     """AXES_CLIENT_IP_CALLABLE: DRF's rule, X-Forwarded-For believed only behind NUM_PROXIES."""
@@ -23,12 +25,10 @@ def client_address(request: HttpRequest) -> str:
 def lockout_response(request: HttpRequest, response=None, credentials: dict | None = None) -> JsonResponse:
     """AXES_LOCKOUT_CALLABLE: the JSON refusal, with how long to wait."""
     minutes = settings.AXES_COOLOFF_TIME.total_seconds() / 60
-    return JsonResponse(
-        {
-            "error": "signin_locked",
-            "detail": "Too many failed sign-ins for this user name or from this address; "
-            f"try again in {minutes:g} minutes.",
-        },
-        status=429,
+    return error_json(
+        429,
+        "signin_locked",
+        "Too many failed sign-ins for this user name or from this address; "
+        f"try again in {minutes:g} minutes.",
         headers={"Retry-After": str(math.ceil(settings.AXES_COOLOFF_TIME.total_seconds()))},
     )

@@ -40,7 +40,7 @@ from typing import Any
 from bson import Int64, ObjectId
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files import File
-from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.core.files.storage import FileSystemStorage, Storage
 from django.utils.deconstruct import deconstructible
 from gridfs.errors import CorruptGridFile
 from pymongo import ASCENDING, IndexModel
@@ -56,11 +56,6 @@ BLOB_NAME = re.compile(r"[0-9a-f]{4}[0-9A-Za-z_.-]*\Z")
 HOLDER = re.compile(r"[0-9A-Za-z_~-]{1,64}\Z")  # an image_id, or fsck's TRACKING: a file and a field name
 TRACKING = "~tracking"  # the pin fsck holds while it starts tracking an untracked blob
 Pins = dict[str, datetime]  # holder: when it pinned
-
-
-def image_storage() -> Storage:
-    """The configured blob storage (STORAGES["images"]): the only way the rest of the code gets it."""
-    return storages["images"]
 
 
 def is_blob_name(name: str) -> bool:

@@ -12,10 +12,10 @@ from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from . import hotcache, services
+from . import services
 from .auth import HasScope, allowed, caller_name
-from .documents import ImageRecord, get_documents
-from .errors import InvalidRequest
+from .documents import ImageRecord
+from .errors import InvalidRequest, error_body
 from .negotiation import LenientNegotiation
 from .pagination import COUNT_HEADER, next_link, parse_count, parse_cursor, parse_limit
 from .schema import image_api_schema
@@ -26,23 +26,6 @@ from .validation import validate_model_id
 
 SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
 BYTES_ACTIONS = {"content", "model_image"}
-
-
-def get_record(image_id: str) -> ImageRecord:
-    record = hotcache.records.get(hotcache.scoped("id", image_id), lambda: get_documents().get(image_id))
-    if record is None:
-        raise NotFound(f"No image has image_id {image_id!r}.")
-    return record
-
-
-def newest_record(model_id: str) -> ImageRecord:
-    validate_model_id(model_id)
-    records = hotcache.records.get(
-        hotcache.scoped("newest", model_id), lambda: get_documents().page(model_id, None, 1)
-    )
-    if not records:
-        raise NotFound(f"Model {model_id!r} has no images.")
-    return records[0]
 
 
 def note_image(request: Request, image_id: str) -> None:
@@ -86,7 +69,7 @@ class ImageViewSet(viewsets.ViewSet):
             detail = "POST the form below to upload an image."
         else:
             detail = "Uploading needs the 'write' scope: sign in, or send an API key that has it."
-        body = {"error": "method_not_allowed", "detail": f'Method "{request.method}" not allowed. {detail}'}
+        body = error_body("method_not_allowed", f'Method "{request.method}" not allowed. {detail}')
         return Response(body, status=status.HTTP_405_METHOD_NOT_ALLOWED)
 
     def _json(self, request: Request, record: ImageRecord, **kwargs) -> Response:
@@ -101,13 +84,12 @@ class ImageViewSet(viewsets.ViewSet):
         if model_id is not None:
             validate_model_id(model_id)
         limit, after, count = parse_limit(request), parse_cursor(request), parse_count(request)
-        docs = get_documents()
-        records = docs.page(model_id, after, limit + 1)
+        records = services.page(model_id, after, limit + 1)
         if in_path and not records and after is None:
             raise NotFound(f"Model {model_id!r} has no images.")
         headers = {"Link": next_link(request, records[limit - 1])} if len(records) > limit else {}
         if count:
-            headers[COUNT_HEADER] = str(docs.count(model_id))
+            headers[COUNT_HEADER] = str(services.count(model_id))
         data = ImageSerializer(records[:limit], many=True, context={"request": request}).data
         return Response(data, headers=headers)
 
@@ -117,7 +99,7 @@ class ImageViewSet(viewsets.ViewSet):
 
     def retrieve(self, request: Request, image_id: str) -> Response:
         note_image(request, image_id)
-        return self._json(request, get_record(image_id))
+        return self._json(request, services.get_record(image_id))
 
     def destroy(self, request: Request, image_id: str) -> Response:
         note_image(request, image_id)
@@ -147,11 +129,11 @@ class ImageViewSet(viewsets.ViewSet):
     def content(self, request: Request, image_id: str):
         note_image(request, image_id)
         with answering(request):  # a derivative made for it counts against THROTTLE_DERIVE
-            return image_response(request, get_record(image_id))
+            return image_response(request, services.get_record(image_id))
 
     def model_image(self, request: Request, model_id: str):
         """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
-        record = newest_record(model_id)
+        record = services.newest_record(validate_model_id(model_id))
         note_image(request, record.image_id)
         with answering(request):
             return image_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")

@@ -14,7 +14,7 @@ import pymongo
 import pytest
 from django.core.files.storage import storages
 
-from images.documents import get_documents
+from images.backend import get_backend
 from images.storage import BlobFileSystemStorage
 from tests import servers
 
@@ -57,7 +57,7 @@ class Store:
         return storages["images"]
 
     def records(self) -> list:
-        return get_documents().page(None, None, 10_000)
+        return get_backend().records.page(None, None, 10_000)
 
     def blob_names(self) -> list[str]:
         """Every blob, and every piece of one, that exists in the backend. A deleted GridFS file's

@@ -345,7 +345,9 @@ def test_the_default_page_is_100_and_the_largest_1000(store, client, monkeypatch
     cls = documents.MongoDocuments if store.mode == "mongo" else documents.SQLDocuments
     original = cls.page
     monkeypatch.setattr(
-        cls, "page", lambda self, m, a, limit: asked.append(limit) or original(self, m, a, limit)
+        cls,
+        "page",
+        lambda self, m, a, limit, matching=None: asked.append(limit) or original(self, m, a, limit, matching),
     )
     client.get("/images")
     client.get("/images?limit=1000")

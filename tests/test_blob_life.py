@@ -13,7 +13,7 @@ from django.core.files.base import ContentFile
 from pymongo import monitoring
 
 from images import derivatives, mongo, services
-from images.documents import get_documents
+from images.backend import get_backend
 from tests import servers, test_server
 from tests.samples import image_bytes
 from tests.test_api import upload
@@ -92,7 +92,7 @@ def test_a_derivative_made_while_its_image_is_deleted_is_not_left_behind(store, 
 
 def test_a_failed_record_write_gives_its_pin_back(store, client, monkeypatch):
     data = image_bytes("PNG", (30, 30), seed=9300)
-    docs = type(get_documents())
+    docs = type(get_backend().records)
 
     def failing_insert(self, record):
         raise OSError("the record store failed")
@@ -178,6 +178,6 @@ def test_mongo_commands_per_operation_are_pinned(store, client, mongo_commands):
     assert new == ["find", "insert", "find", "find", "find", "insert", "insert", "find", "insert"], new
     shared = count(lambda: upload(client, data, model_id="m2"))
     assert shared == ["find", "insert", "find", "find", "insert"], shared
-    image_id = shared and get_documents().find("m2", services.sha256_of(ContentFile(data))).image_id
+    image_id = shared and get_backend().records.find("m2", services.sha256_of(ContentFile(data))).image_id
     kept = count(lambda: client.delete(f"/images/{image_id}"))
     assert kept == ["find", "delete", "delete", "insert", "find", "delete"], kept

@@ -480,8 +480,8 @@ def other_sides(request, store, django_db_blocker):
 
 
 def contents(side) -> tuple[list, dict[str, bytes]]:
-    _, names = side.storage.listdir("")
-    return by_id(side.docs.page(None, None, 10_000)), blob_bytes(side.storage, names)
+    _, names = side.blobs.listdir("")
+    return by_id(side.records.page(None, None, 10_000)), blob_bytes(side.blobs, names)
 
 
 def test_migrating_to_the_other_mode_and_back_is_byte_identical(store, tmp_path, other_sides):

@@ -12,8 +12,9 @@ from django.http import QueryDict
 from PIL import Image, ImageChops, ImageCms, ImageFilter, ImageStat, PngImagePlugin
 
 from images import derivatives, services
+from images.backend import get_backend
 from images.derivatives import Spec, parse_spec, render
-from images.documents import ImageRecord, get_documents
+from images.documents import ImageRecord
 from images.errors import InvalidRequest, UnprocessableImage
 from tests.test_api import body, upload
 
@@ -272,7 +273,7 @@ def test_a_pixel_bomb_is_refused_from_its_header():
 
 def stored_image(client, data: bytes, model_id: str = "m1") -> ImageRecord:
     meta = upload(client, data, model_id=model_id).json()
-    return get_documents().get(meta["image_id"])
+    return get_backend().records.get(meta["image_id"])
 
 
 def test_a_derivative_is_made_once_and_kept_in_the_image_storage(store, client, monkeypatch):
@@ -410,7 +411,7 @@ def test_an_upload_whose_base_cannot_be_stored_still_succeeds(store, client, mon
     data = sideways_jpeg()
     response = upload(client, data)
     assert response.status_code == 201, response.content
-    record = get_documents().get(response.json()["image_id"])
+    record = get_backend().records.get(response.json()["image_id"])
     assert [n for n in store.blob_names() if n.startswith(record.sha256)] == [record.sha256]
     monkeypatch.undo()
     with store.storage.open(derivatives.ensure(record, spec(256))) as made_file:

@@ -19,8 +19,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from images import apikeys
-from images.documents import get_documents
-from images.management.commands.fsck import set_dimensions
+from images.backend import get_backend
 from images.models import ApiKey, DerivativeUse, Lease, StoredImage
 from tests import servers, test_server
 from tests.samples import image_bytes
@@ -82,8 +81,8 @@ def test_a_rotated_photo_is_stored_with_its_shown_dimensions(store, client):
 def test_fsck_deep_repair_gives_old_records_their_shown_dimensions(store, client):
     rotated = upload(client, rotated_jpeg(), model_id="phone").json()
     plain = upload(client, image_bytes("PNG", (40, 20)), model_id="flat").json()
-    docs = get_documents()
-    set_dimensions(docs, rotated["image_id"], 60, 30)  # as uploads stored it before the fix
+    docs = get_backend().records
+    docs.set_dimensions(rotated["image_id"], 60, 30)  # as uploads stored it before the fix
 
     report, error = fsck_json("--deep")
     assert error is not None
@@ -131,7 +130,7 @@ def test_an_unknown_key_says_which_store_checks_keys(store, client):
 
 
 def stored_last_use(name: str) -> datetime | None:
-    return next(k.last_used_at for k in apikeys.get_key_store().all() if k.name == name)
+    return next(k.last_used_at for k in apikeys.all_keys() if k.name == name)
 
 
 def set_last_use(store, name: str, when: datetime) -> None:

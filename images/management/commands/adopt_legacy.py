@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -34,10 +33,11 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from rest_framework.exceptions import APIException
 
-from images import legacy, mongo, services
-from images.bulk import Progress, ensure_schema, human_bytes
-from images.documents import ImageRecord, get_documents
-from images.storage import GridFSReader, image_storage
+from images import legacy, services
+from images.backend import get_backend
+from images.bulk import Progress, human_bytes
+from images.documents import ImageRecord
+from images.storage import GridFSReader
 from images.validation import validate_model_id
 
 ADOPTED, MERGED, PRESENT, SET_ASIDE = "adopted", "merged_duplicates", "already_adopted", "set_aside"
@@ -156,10 +156,9 @@ class Run:
             model_id = validate_model_id(item.doc.get("model_id"))
         except APIException as exc:
             raise SetAside("invalid_model_id", str(exc.detail)) from None
-        docs = get_documents()
         for image_id, outcome in ((item.doc.get("adopted_as"), MERGED), (item.image_id, PRESENT)):
             # Adopted by an earlier run that stopped before its clean-up: only that is left to do.
-            if isinstance(image_id, str) and (done := docs.get(image_id)) is not None:
+            if isinstance(image_id, str) and (done := services.find_record(image_id)) is not None:
                 if done.model_id != model_id:
                     raise SetAside("image_id_taken", f"image_id {image_id} is {done.model_id}'s here")
                 self.finish(item, done)
@@ -171,7 +170,7 @@ class Run:
                 if self.dry_run:
                     return self.plan(file, model_id)
                 sha256 = services.sha256_of(file)
-                existed = image_storage().exists(sha256)
+                existed = get_backend().blobs.exists(sha256)
                 renamed = self.source.in_place and not existed and self.become_blob(item, file, sha256)
                 record, created = services.add_image(
                     file,
@@ -201,7 +200,7 @@ class Run:
     def plan(self, file: File, model_id: str) -> str:
         sha256, _ = services.check_image(file)
         key = (model_id, sha256)
-        merged = key in self.planned or get_documents().find(*key) is not None
+        merged = key in self.planned or services.find_by_content(*key) is not None
         self.planned.add(key)
         return MERGED if merged else ADOPTED
 
@@ -237,7 +236,7 @@ class Run:
         """Reads the blob back and checks its sha256 before a legacy copy of its bytes is deleted."""
         if sha256 in self.verified:
             return
-        with image_storage().open(sha256) as blob:
+        with get_backend().blobs.open(sha256) as blob:
             if services.sha256_of(blob) != sha256:
                 raise CommandError(f"The blob {sha256} does not hold its bytes: run fsck --deep.")
         if len(self.verified) >= VERIFIED_MEMORY:
@@ -265,18 +264,18 @@ class Run:
 
 def open_source(uri: str | None, db: str | None) -> Source:
     """The configured MongoDB (in place), or the one named by --from-uri/--from-db (copied from)."""
+    configured = get_backend().flask_database()
     if uri is None and db is None:
-        if not settings.MONGO:
+        if configured is None:
             raise CommandError(
                 "Embedded mode holds no Flask data: pass --from-uri and --from-db to copy it from there.",
                 returncode=2,
             )
-        database = mongo.get_database()
-        return Source(database, True, f"the configured MongoDB database {database.name}")
+        return Source(configured, True, f"the configured MongoDB database {configured.name}")
     if not uri or not db:
         raise CommandError("--from-uri and --from-db go together.", returncode=2)
     client = MongoClient(uri, tz_aware=True, appname="image-service adopt_legacy")
-    if settings.MONGO and client == mongo.get_client() and db == settings.MONGO["DB"]:
+    if configured is not None and client == configured.client and db == configured.name:
         client.close()  # the configured database itself: adopt in place
         return open_source(None, None)
     return Source(client[db], False, f"the MongoDB database {db} (copied, left as it is)", client)
@@ -296,8 +295,7 @@ class Command(BaseCommand):
     ):
         source = open_source(from_uri, from_db)
         try:
-            if not settings.MONGO:
-                ensure_schema()
+            get_backend().ensure_schema()
             run = Run(source, dry_run)
             interrupted = False
             with Progress(legacy.count(source.database), "adopt", False) as progress:

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from images import apikeys
+from images.keystore import KeyExists
 
 
 class Command(BaseCommand):
@@ -19,7 +20,7 @@ class Command(BaseCommand):
             key = apikeys.create_key(name, apikeys.parse_scopes(scopes))
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        except apikeys.KeyExists as exc:
+        except KeyExists as exc:
             raise CommandError(f"a key named {name!r} exists already") from exc
         self.stderr.write(f"Created API key {name!r} with scopes {scopes}. Store it now: it is not kept.")
         self.stdout.write(key)

@@ -13,9 +13,10 @@ from pathlib import Path
 from django.core.files.storage import Storage
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from images import services
+from images.backend import get_backend
 from images.bulk import MANIFEST, Progress, Tally, manifest_line
-from images.documents import ImageRecord, get_documents, iter_records
-from images.storage import image_storage
+from images.documents import ImageRecord
 from images.validation import validate_model_id
 
 EXPORTED, FAILED = "exported", "failed"
@@ -82,13 +83,13 @@ class Command(BaseCommand):
             raise CommandError(f"{root} is not empty: export into a new or empty folder")
         if model_id is not None:
             validate_model_id(model_id)
-        docs, storage = get_documents(), image_storage()
+        storage = get_backend().blobs
         root.mkdir(parents=True, exist_ok=True)
         partial = root / f"{MANIFEST}.partial"
         taken: defaultdict[str, set[str]] = defaultdict(set)
         tally = Tally()
-        with Progress(docs.count(model_id), "export", quiet) as progress, partial.open("w") as manifest:
-            for record in iter_records(docs, model_id):
+        with Progress(services.count(model_id), "export", quiet) as progress, partial.open("w") as manifest:
+            for record in services.all_records(model_id):
                 folder = folder_name(record.model_id)
                 path = f"{folder}/{file_name(record.filename, record.image_id, taken[folder])}"
                 if problem := copy_blob(storage, record, root / path):

@@ -37,19 +37,16 @@ from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-from bson import ObjectId
 from django.conf import settings
-from django.core.files.storage import Storage
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError
 from gridfs.errors import CorruptGridFile
-from pymongo.errors import PyMongoError
 
-from images import legacy, mongo, services
+from images import services
+from images.backend import STORE_ERRORS, Backend, get_backend
 from images.bulk import human_bytes
-from images.documents import Documents, ImageRecord, MongoDocuments, get_documents, iter_records
+from images.documents import ImageRecord, iter_records
 from images.errors import UnprocessableImage
-from images.storage import Leftover, files_in, image_storage
+from images.storage import Leftover, files_in
 from images.validation import opened, shown_size
 
 BROKEN_RECORDS_FLAG = "--delete-broken-records"
@@ -82,8 +79,9 @@ class Problem:
 class Check:
     """One pass over a store: finds the problems (with their fixes) and counts what it left alone."""
 
-    def __init__(self, docs: Documents, storage: Storage, grace: int, delete_broken: bool) -> None:
-        self.docs, self.storage = docs, storage
+    def __init__(self, backend: Backend, grace: int, delete_broken: bool) -> None:
+        # The stores themselves, beneath the services: fsck checks what the services keep true.
+        self.backend, self.docs, self.storage = backend, backend.records, backend.blobs
         self.cutoff = services.now() - timedelta(seconds=grace)
         self.delete_broken = delete_broken
         self.problems: list[Problem] = []
@@ -99,8 +97,7 @@ class Check:
         # Blobs are listed before records are read: a blob is written before its record, so every
         # record read afterwards has its blob in the list unless the blob really is gone.
         self.blobs = set(self.storage.listdir("")[1])
-        if settings.MONGO:
-            self.legacy_files = legacy.held_file_names(mongo.get_database()) & self.blobs
+        self.legacy_files = self.backend.legacy_file_names() & self.blobs
         missing: list[ImageRecord] = []
         for record in iter_records(self.docs):
             self.records += 1
@@ -216,7 +213,7 @@ class Check:
                 if (width, height) != shown:
                     right = "x".join(map(str, shown))
                     detail = f"says {width}x{height}; shown (EXIF orientation applied), it is {right}"
-                    fix = partial(set_dimensions, self.docs, image_id, *shown)
+                    fix = partial(services.set_dimensions, image_id, *shown)
                     remedy = "store the shown width and height"
                     self.problems.append(Problem("wrong_dimensions", image_id, detail, remedy, fix))
 
@@ -252,17 +249,8 @@ class Check:
             try:
                 problem.fix()
                 problem.repaired = True
-            except (OSError, PyMongoError, DatabaseError) as exc:
+            except STORE_ERRORS as exc:
                 problem.remedy += f" ({exc.__class__.__name__}: {exc})"
-
-
-def set_dimensions(docs: Documents, image_id: str, width: int, height: int) -> None:
-    """Records never change otherwise, so the document manager has no update: fsck writes these two
-    fields itself."""
-    if isinstance(docs, MongoDocuments):
-        docs.collection.update_one({"_id": ObjectId(image_id)}, {"$set": {"width": width, "height": height}})
-    else:
-        docs.rows.filter(image_id=image_id).update(width=width, height=height)
 
 
 def delete_records(image_ids: list[str]) -> None:
@@ -300,7 +288,7 @@ class Command(BaseCommand):
             raise CommandError(f"{BROKEN_RECORDS_FLAG} goes with --repair")
         if grace < 0:
             raise CommandError("--grace must be 0 or more seconds")
-        check = Check(get_documents(), image_storage(), grace, delete_broken_records)
+        check = Check(get_backend(), grace, delete_broken_records)
         check.run(deep)
         if repair:
             check.repair()
@@ -308,7 +296,7 @@ class Command(BaseCommand):
         remaining = sum(not p.repaired for p in check.problems)
         if options["as_json"]:
             report = {
-                "mode": "mongo" if settings.MONGO else "embedded",
+                "mode": check.backend.name,
                 "records": check.records,
                 "blobs": len(check.blobs),
                 "legacy_files": len(check.legacy_files),
@@ -329,9 +317,9 @@ class Command(BaseCommand):
 
     @staticmethod
     def lines(check: Check, deep: bool, repair: bool, grace: int, remaining: int) -> list[str]:
-        mode = "mongo" if settings.MONGO else "embedded"
         how = "sizes and sha256 re-read" if deep else "presence only; --deep re-reads every blob"
-        lines = [f"Checked the {mode} store: {check.records:,} records, {len(check.blobs):,} blobs ({how})."]
+        counts = f"{check.records:,} records, {len(check.blobs):,} blobs"
+        lines = [f"Checked the {check.backend.name} store: {counts} ({how})."]
         lines += [problem.line(repair) for problem in check.problems]
         if check.legacy_files:
             lines.append(

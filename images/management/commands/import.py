@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from django.conf import settings
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rest_framework.exceptions import APIException
 
 from images import services
-from images.bulk import MANIFEST, Progress, Tally, ensure_schema, parallel, read_manifest
-from images.documents import ImageRecord, get_documents
+from images.backend import get_backend
+from images.bulk import MANIFEST, Progress, Tally, parallel, read_manifest
+from images.documents import ImageRecord
 from images.validation import validate_model_id
 
 ADDED, PRESENT, REFUSED = "added", "present", "refused"
@@ -131,19 +131,18 @@ class Importer:
             return REFUSED, reason(exc)
 
     def store(self, file: File, source: Source) -> tuple[str, str | None]:
-        docs = get_documents()
         record = source.restore
         if record is not None:
             if services.sha256_of(file) != record.sha256:
                 return REFUSED, "its bytes are not the ones the manifest lists (sha256 differs)"
-            taken = docs.get(record.image_id)
+            taken = services.find_record(record.image_id)
             if taken is not None and (taken.model_id, taken.sha256) != (record.model_id, record.sha256):
                 return REFUSED, f"image_id {record.image_id} is another image's here ({taken.model_id})"
         if self.dry_run:
             sha256, _ = services.check_image(file)
             key = (source.model_id, sha256)
             with self.lock:
-                present = key in self.planned or docs.find(*key) is not None
+                present = key in self.planned or services.find_by_content(*key) is not None
                 self.planned.add(key)
             return (PRESENT if present else ADDED), None
         if record is None:
@@ -188,8 +187,7 @@ class Command(BaseCommand):
         if jobs < 1:
             raise CommandError("--jobs must be at least 1")
         sources = find_sources(paths, model_rule(options["model_id"], options["model_from"]))
-        if not settings.MONGO:
-            ensure_schema()
+        get_backend().ensure_schema()
         tally = Tally()
         interrupted = False
         with Progress(len(sources), "import", options["quiet"]) as progress:

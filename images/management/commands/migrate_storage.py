@@ -8,7 +8,6 @@ again after an interruption, the command skips those. The source is left untouch
 --delete-source, which deletes from the source what is verified in the target, once all is copied.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -18,50 +17,29 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from pymongo import MongoClient
 from pymongo.errors import ConfigurationError
 
-from images.bulk import Progress, Tally, ensure_schema
-from images.documents import (
-    Documents,
-    DuplicateImage,
-    ImageRecord,
-    MongoDocuments,
-    SQLDocuments,
-    get_documents,
-    iter_records,
-)
+from images.backend import Backend, EmbeddedBackend, MongoBackend, get_backend
+from images.bulk import Progress, Tally
+from images.documents import DuplicateImage, ImageRecord, iter_records
 from images.services import release_blob, sha256_of
-from images.storage import BlobFileSystemStorage, GridFSStorage, image_storage
+from images.storage import BlobFileSystemStorage, GridFSStorage
 
 COPIED, PRESENT, FAILED = "copied", "present", "failed"
 # Where settings.py keeps the embedded mode's data under DATA_DIR.
 BLOBS_DIR, RECORDS_DB = "blobs", "imageservice.sqlite3"
 
 
-@dataclass(frozen=True)
-class Store:
-    """One side of a migration: records and blobs, and the connection made for it, if one was."""
-
-    label: str
-    docs: Documents
-    storage: Storage
-    client: MongoClient | None = None
-    alias: str = DEFAULT_DB_ALIAS
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.alias != DEFAULT_DB_ALIAS:
-            connections[self.alias].close()
-
-
-def embedded_store(data_dir: str | None, target: bool) -> Store:
-    if data_dir is None and not settings.MONGO:
-        return Store("the configured embedded store", get_documents(), image_storage())
+def embedded_store(data_dir: str | None, target: bool) -> Backend:
+    """The embedded side: the configured backend, or one built on --data-dir (or DATA_DIR)."""
+    configured = get_backend()
+    if data_dir is None and configured.name == EmbeddedBackend.name:
+        return configured
     root = Path(data_dir).resolve() if data_dir else settings.DATA_DIR
     alias = sqlite_alias(root / RECORDS_DB)
-    if target:
-        ensure_schema(alias)
     storage = BlobFileSystemStorage(location=str(root / BLOBS_DIR))
-    return Store(f"the embedded store in {root}", SQLDocuments(alias), storage, alias=alias)
+    store = EmbeddedBackend(f"the embedded store in {root}", root, alias, storage)
+    if target:
+        store.ensure_schema()
+    return store
 
 
 def sqlite_alias(path: Path) -> str:
@@ -75,21 +53,23 @@ def sqlite_alias(path: Path) -> str:
     return alias
 
 
-def mongo_store(uri: str | None, db: str | None) -> Store:
-    if uri is None and db is None and settings.MONGO:
-        return Store("the configured MongoDB", get_documents(), image_storage())
-    configured = settings.MONGO or {}
-    uri = uri or configured.get("URI")
+def mongo_store(uri: str | None, db: str | None) -> Backend:
+    """The Mongo side: the configured backend, or one built on --mongo-uri/--mongo-db (or MONGO_*)."""
+    configured = get_backend()
+    if uri is None and db is None and configured.name == MongoBackend.name:
+        return configured
+    given = settings.MONGO or {}
+    uri = uri or given.get("URI")
     if not uri:
         raise CommandError("No MongoDB: set MONGO_URI (or MONGO_HOST...), or pass --mongo-uri.")
     client = MongoClient(uri, tz_aware=True, appname="image-service migrate_storage")
     try:
-        database = client[db] if db else client[configured["DB"]] if configured else client.get_database()
+        database = client[db] if db else client[given["DB"]] if given else client.get_database()
     except ConfigurationError as exc:
         client.close()
         raise CommandError("No MongoDB database: pass --mongo-db, or name it in the URI.") from exc
     label = f"the MongoDB database {database.name}"
-    return Store(label, MongoDocuments(database), GridFSStorage(database=database), client)
+    return MongoBackend(label, database, GridFSStorage(database=database), client)
 
 
 def same_image(a: ImageRecord, b: ImageRecord) -> bool:
@@ -109,13 +89,13 @@ class Damaged(Exception):
 class Migration:
     """Copies one record at a time, with its blob and the blob's derivatives, checked once per run."""
 
-    def __init__(self, source: Store, target: Store) -> None:
+    def __init__(self, source: Backend, target: Backend) -> None:
         self.source, self.target = source, target
         self.verified: set[str] = set()
 
     def copy(self, record: ImageRecord) -> tuple[str, int, str | None]:
         """The outcome, the bytes copied, and for a failure, why."""
-        existing = self.target.docs.get(record.image_id)
+        existing = self.target.records.get(record.image_id)
         if existing is not None:
             if same_image(existing, record):
                 return PRESENT, 0, None
@@ -124,17 +104,17 @@ class Migration:
         if record.sha256 not in self.verified:
             try:
                 copied = self.copy_blob(record.sha256, expected=record.sha256)
-                for name in derivatives_of(self.source.storage, record.sha256):
+                for name in derivatives_of(self.source.blobs, record.sha256):
                     copied += self.copy_blob(name, expected=None)
             except Damaged as exc:
                 return FAILED, 0, str(exc)
             self.verified.add(record.sha256)
-        if not self.target.storage.pin(record.sha256, record.image_id):
+        if not self.target.blobs.pin(record.sha256, record.image_id):
             return FAILED, copied, f"blob {record.sha256} went from the target meanwhile"
         try:
-            self.target.docs.insert(record)
+            self.target.records.insert(record)
         except DuplicateImage:
-            release_blob(self.target.storage, record.sha256, record.image_id)
+            release_blob(self.target.blobs, record.sha256, record.image_id)
             return FAILED, copied, "the target has the same image for this model under another image_id"
         return COPIED, copied, None
 
@@ -145,18 +125,18 @@ class Migration:
         copied = 0
         try:
             if expected is None:
-                with self.source.storage.open(name) as blob:
+                with self.source.blobs.open(name) as blob:
                     expected = sha256_of(blob)
-            if not self.target.storage.exists(name):
-                with self.source.storage.open(name) as blob:
-                    self.target.storage.save(name, blob)
-                copied = self.target.storage.size(name)
+            if not self.target.blobs.exists(name):
+                with self.source.blobs.open(name) as blob:
+                    self.target.blobs.save(name, blob)
+                copied = self.target.blobs.size(name)
         except FileNotFoundError as exc:
             raise Damaged(f"{name} is missing in the source (run fsck there)") from exc
-        with self.target.storage.open(name) as blob:
+        with self.target.blobs.open(name) as blob:
             if sha256_of(blob) != expected:
-                if not self.target.docs.references(name):
-                    self.target.storage.delete(name)
+                if not self.target.records.references(name):
+                    self.target.blobs.delete(name)
                 raise Damaged(f"{name} is not the bytes it should be (run fsck --deep on both)")
         return copied
 
@@ -164,13 +144,13 @@ class Migration:
         """Deletes each source record that the target holds, then its blob and derivatives once no
         source record needs them."""
         tally = Tally()
-        for record in iter_records(self.source.docs):
-            copy = self.target.docs.get(record.image_id)
-            if copy is None or not same_image(copy, record) or not self.target.storage.exists(record.sha256):
+        for record in iter_records(self.source.records):
+            copy = self.target.records.get(record.image_id)
+            if copy is None or not same_image(copy, record) or not self.target.blobs.exists(record.sha256):
                 tally.add(FAILED, record.size, record.image_id, "not in the target (new since the copy?)")
                 continue
-            if self.source.docs.delete(record.image_id):
-                release_blob(self.source.storage, record.sha256, record.image_id)
+            if self.source.records.delete(record.image_id):
+                release_blob(self.source.blobs, record.sha256, record.image_id)
             tally.add(COPIED, record.size)
         return tally
 
@@ -207,9 +187,9 @@ class Command(BaseCommand):
         self.stdout.write(f"From {source.label} to {target.label}:")
         tally = Tally()
         interrupted = False
-        with Progress(source.docs.count(), "migrate", quiet) as progress:
+        with Progress(source.records.count(), "migrate", quiet) as progress:
             try:
-                for record in iter_records(source.docs):
+                for record in iter_records(source.records):
                     outcome, copied, problem = migration.copy(record)
                     tally.add(outcome, record.size, record.image_id, problem)
                     progress.advance(copied)

@@ -15,12 +15,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from pymongo.errors import PyMongoError
 
-from images import apikeys, legacy
+from images import apikeys
 from images.auth import jwt_configured
-from images.documents import MongoDocuments
-from images.mongo import get_client, get_database, location
+from images.backend import STORE_ERRORS, get_backend
 from imageservice.gunicorn_conf import METRICS_DIR_PREFIX
 
 log = logging.getLogger(__name__)
@@ -52,16 +50,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, bind: str, workers: int, threads: int, insecure: bool, **options) -> None:
         call_command("migrate", interactive=False, verbosity=0)
+        backend = get_backend()
         try:
-            if settings.MONGO:
-                self._prepare_mongo()
+            backend.prepare()
             self._check_access(bind, insecure)
         finally:
-            if settings.MONGO:
-                get_client().close()  # MongoClient is not fork-safe: the workers make their own
+            backend.disconnect()
         self._prepare_metrics(bind)
-        mode = f"mongo ({location()})" if settings.MONGO else f"embedded ({settings.DATA_DIR})"
-        self.stdout.write(f"image-service: {mode} mode, listening on http://{bind}/")
+        self.stdout.write(
+            f"image-service: {backend.name} ({backend.where}) mode, listening on http://{bind}/"
+        )
         self.stdout.flush()
         argv = [
             sys.executable, "-m", "gunicorn", "imageservice.wsgi:application",
@@ -107,7 +105,7 @@ class Command(BaseCommand):
         try:
             if jwt_configured() or apikeys.any_active():
                 return
-        except PyMongoError:
+        except STORE_ERRORS:
             # Cannot tell yet. Start anyway: off loopback, open mode stays disallowed (above).
             return
         if not loopback and not insecure:
@@ -120,12 +118,3 @@ class Command(BaseCommand):
             "WARNING: no API key and no JWT key are configured, so anyone who can reach "
             f"{bind} may upload and delete (development mode)."
         )
-
-    def _prepare_mongo(self) -> None:
-        """Creates the indexes up front and says if the Flask service's records wait for adoption; an
-        unreachable server is reported, not fatal (503s follow)."""
-        try:
-            MongoDocuments().ensure_indexes()
-            legacy.warn_at_start(get_database())
-        except PyMongoError as exc:
-            log.warning("MongoDB is not reachable yet (%s); requests will get 503 until it is", exc)

@@ -7,15 +7,15 @@ from collections import Counter
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from images import services
 from images.bulk import human_bytes, table
-from images.documents import get_documents, iter_records
 
 
 def gather(top: int) -> dict:
     blobs: dict[str, int] = {}
     models, model_bytes = Counter[str](), Counter[str]()
     formats, format_bytes = Counter[str](), Counter[str]()
-    for record in iter_records(get_documents()):
+    for record in services.all_records():
         blobs[record.sha256] = record.size
         models[record.model_id] += 1
         model_bytes[record.model_id] += record.size
