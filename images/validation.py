@@ -15,8 +15,8 @@ from PIL import Image
 
 from .errors import InvalidRequest, UnprocessableImage, UnsupportedImageType
 
-MODEL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # of the whole value: see validate_model_id
-MODEL_ID_PATTERN = f"^{MODEL_ID.pattern}$"  # the same rule, as the OpenAPI schema states it
+MODEL_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # of the whole value: see validate_model_id
+MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"  # the same rule, as the OpenAPI schema states it
 MODEL_ID_RULE = "model_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'"
 MAX_FILENAME = 255
 EXIF_ORIENTATION = 0x0112
@@ -44,7 +44,7 @@ class ImageInfo:
 
 
 def validate_model_id(value: object) -> str:
-    if not isinstance(value, str) or not MODEL_ID.fullmatch(value):
+    if not isinstance(value, str) or not MODEL_ID_RE.fullmatch(value):
         raise InvalidRequest(MODEL_ID_RULE, code="invalid_model_id")
     return value
 
