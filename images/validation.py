@@ -23,8 +23,6 @@ EXIF_ORIENTATION = 0x0112
 # EXIF orientations that turn the picture a quarter (5-8): it is shown with width and height swapped.
 QUARTER_TURNS = {5, 6, 7, 8}
 
-# We enforce our own pixel limit from the header, before decoding; Pillow's warning adds nothing.
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 Image.init()
 
 
@@ -87,7 +85,11 @@ def opened(file: IO[bytes], formats: list[str]) -> Iterator[Image.Image]:
     """
     file.seek(0)
     try:
-        with Image.open(file, formats=formats) as im:
+        # We enforce our own pixel limit from the header, next, before decoding: Pillow's warning
+        # adds nothing, and is silenced here only, not for the whole process.
+        with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
+            im = Image.open(file, formats=formats)
+        with im:
             width, height = im.size
             if width > settings.MAX_IMAGE_WIDTH or height > settings.MAX_IMAGE_HEIGHT:
                 raise UnprocessableImage(
