@@ -1,6 +1,6 @@
 """Settings for image-service: the one place that reads the environment (and `.env`).
 
-Every variable is documented in `.env.example` and the README.
+Every variable is documented in `.env.example` and docs/configuration.md.
 """
 
 import os

@@ -28,6 +28,7 @@ from tests.samples import image_bytes, rotated_jpeg
 from tests.servers import ROOT
 
 README = (ROOT / "README.md").read_text()
+ERRORS_DOC = (ROOT / "docs" / "errors.md").read_text()
 BROWSER = {"HTTP_ACCEPT": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
 
@@ -53,10 +54,10 @@ def test_fit_cover_needs_both_sides(store, client):
     assert client.get(f"/images/{meta['image_id']}/content?w=256&h=128&fit=cover").status_code == 200
 
 
-def test_a_json_body_gets_the_415_that_the_readme_lists(store, client):
+def test_a_json_body_gets_the_415_that_the_error_table_lists(store, client):
     response = client.post("/upload", {"model_id": "m1"}, content_type="application/json")
     assert_error(response, 415, "unsupported_media_type")
-    assert "`unsupported_media_type`" in README.split("## Errors")[1].split("\n## ")[0]
+    assert "`unsupported_media_type`" in ERRORS_DOC.split("| Status |")[1].split("\n## ")[0]
     store.assert_empty()
 
 
