@@ -1,22 +1,23 @@
-"""The OpenAPI 3 description of the API (drf-spectacular), served at /api/schema/ and shown at /api/docs/.
+"""The parts of the OpenAPI 3 description (drf-spectacular, served at /api/schema/ and shown at
+/api/docs/) that the operations share: security schemes, parameters, headers, error answers, links.
 
-The views parse requests by hand (to keep the old service's error codes), so little can be
-inferred: every operation's parameters, bodies, errors and headers are declared here and applied to
-`ImageViewSet` by `image_api_schema`. tests/test_openapi.py fuzzes the running service against this
-schema, so a declaration that drifts from the code fails there.
+Each operation is declared beside its action in images/views.py with `@extend_schema`, from these
+parts; the upload form is images/serializers.py's `UploadSerializer`, the one that parses it.
+tests/test_openapi.py fuzzes the running service against the schema, so a declaration that drifts
+from the code fails there. This module imports nothing from views.py.
 """
 
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from PIL import Image
 from rest_framework import serializers
 
 from . import derivatives
 from .pagination import COUNT_HEADER, DEFAULT_LIMIT, MAX_LIMIT
-from .serializers import ImageSerializer, UploadSerializer
+from .serializers import ImageSerializer
 from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE
 
 IMAGE_ID_PATTERN = "^[0-9a-fA-F]{24}$"
@@ -105,15 +106,16 @@ class ImageServiceSchema(AutoSchema):
         return getattr(self.view, "required_scope", None)
 
 
+API_VIEWSET = "images.views.ImageViewSet"  # by name: views.py imports this module
+
+
 def api_endpoints(endpoints: list, **kwargs) -> list:
     """A preprocessing hook: documents the image API (not /metrics, in Prometheus' own format), at
     its URLs without the trailing slash that the routes tolerate."""
-    from .views import ImageViewSet
-
     return [
         (path.rstrip("/"), regex, method, view)
         for path, regex, method, view in endpoints
-        if getattr(view, "cls", None) is ImageViewSet
+        if (cls := getattr(view, "cls", None)) and f"{cls.__module__}.{cls.__qualname__}" == API_VIEWSET
     ]
 
 
@@ -121,22 +123,22 @@ def _follow(operation_id: str, **parameters: str) -> dict:
     return {"operationId": operation_id, "parameters": parameters}
 
 
-IMAGE_ID = "$response.body#/image_id"
-MODEL_ID = "$response.body#/model_id"
+IMAGE_ID_LINK = "$response.body#/image_id"
+MODEL_ID_LINK = "$response.body#/model_id"
 # What a client does next with an image it was answered (OpenAPI links): stateful clients and
 # fuzzers follow these from an upload to reading, listing and deleting what it stored.
 LINKS = {
     "upload_image": {
-        "GetImage": _follow("get_image", image_id=IMAGE_ID),
-        "GetImageContent": _follow("get_image_content", image_id=IMAGE_ID),
-        "GetModelImage": _follow("get_model_image", model_id=MODEL_ID),
-        "ListModelImages": _follow("list_model_images", model_id=MODEL_ID),
-        "ListImagesOfModel": _follow("list_images", model_id=MODEL_ID),
-        "DeleteImage": _follow("delete_image", image_id=IMAGE_ID),
+        "GetImage": _follow("get_image", image_id=IMAGE_ID_LINK),
+        "GetImageContent": _follow("get_image_content", image_id=IMAGE_ID_LINK),
+        "GetModelImage": _follow("get_model_image", model_id=MODEL_ID_LINK),
+        "ListModelImages": _follow("list_model_images", model_id=MODEL_ID_LINK),
+        "ListImagesOfModel": _follow("list_images", model_id=MODEL_ID_LINK),
+        "DeleteImage": _follow("delete_image", image_id=IMAGE_ID_LINK),
     },
     "get_image": {
-        "GetImageContent": _follow("get_image_content", image_id=IMAGE_ID),
-        "DeleteImage": _follow("delete_image", image_id=IMAGE_ID),
+        "GetImageContent": _follow("get_image_content", image_id=IMAGE_ID_LINK),
+        "DeleteImage": _follow("delete_image", image_id=IMAGE_ID_LINK),
     },
 }
 FIRST_LISTED = {
@@ -172,10 +174,10 @@ def response_header(name: str, description: str, codes: list[int], required: boo
     )
 
 
-IMAGE_ID = OpenApiParameter(
+IMAGE_ID_PARAM = OpenApiParameter(
     "image_id", str, OpenApiParameter.PATH, pattern=IMAGE_ID_PATTERN, description="24 hex characters."
 )
-MODEL_ID = OpenApiParameter(
+MODEL_ID_PARAM = OpenApiParameter(
     "model_id", str, OpenApiParameter.PATH, pattern=MODEL_ID_PATTERN, description=MODEL_ID_RULE + "."
 )
 MODEL_ID_FILTER = OpenApiParameter(
@@ -298,105 +300,3 @@ def image_bytes(description: str, *described_errors: dict[int, str]) -> dict:
 
 
 LISTED = OpenApiResponse(ImageSerializer(many=True), "Images, newest first.")
-
-# --- Operations ----------------------------------------------------------------------------------
-
-# Each action's name, in the schema and as the browsable API's page title.
-SUMMARIES = {
-    "upload": "Upload an image",
-    "list": "List images",
-    "model_images": "List a model's images",
-    "retrieve": "An image's metadata",
-    "destroy": "Delete an image",
-    "content": "An image's bytes",
-    "model_image": "A model's newest image's bytes",
-}
-
-OPERATIONS = {
-    "upload": extend_schema(
-        operation_id="upload_image",
-        summary=SUMMARIES["upload"],
-        description="Stores an image for a model and answers its metadata. The type is sniffed from "
-        "the bytes, which must decode as a whole image. A model stores the same bytes once: sending "
-        "them again answers 200 with the image already stored.",
-        tags=["images"],
-        request={"multipart/form-data": UploadSerializer},
-        parameters=[response_header("Location", "The image's metadata URL.", [200, 201]), *ERROR_HEADERS],
-        responses={
-            201: OpenApiResponse(ImageSerializer, "Stored."),
-            200: OpenApiResponse(ImageSerializer, "The model has these bytes already: that image."),
-            **errors(
-                {
-                    400: "The form is not valid: no file, several files, an empty file, a bad model_id "
-                    "or a malformed body.",
-                    411: "The body is chunked: send Content-Length.",
-                    413: "The file is over MAX_UPLOAD_MB, or the body over MAX_REQUEST_MB.",
-                    415: "The file is not an allowed image type, or the body is not multipart/form-data.",
-                    422: "The image is truncated or corrupt, or has too many pixels.",
-                    507: "The image store is full: nothing was stored.",
-                }
-            ),
-        },
-    ),
-    "list": extend_schema(
-        operation_id="list_images",
-        summary=SUMMARIES["list"],
-        description="Every image, or one model's, newest first, a page at a time.",
-        tags=["images"],
-        parameters=[MODEL_ID_FILTER, *PAGE, *ERROR_HEADERS],
-        responses={200: LISTED, **errors(BAD_PAGE)},
-    ),
-    "model_images": extend_schema(
-        operation_id="list_model_images",
-        summary=SUMMARIES["model_images"],
-        description="As `GET /images?model_id=`, except that a model without images is a 404.",
-        tags=["images"],
-        parameters=[MODEL_ID, *PAGE, *ERROR_HEADERS],
-        responses={200: LISTED, **errors(BAD_PAGE, NO_MODEL)},
-    ),
-    "retrieve": extend_schema(
-        operation_id="get_image",
-        summary=SUMMARIES["retrieve"],
-        tags=["images"],
-        parameters=[IMAGE_ID, *ERROR_HEADERS],
-        responses={200: OpenApiResponse(ImageSerializer, "The image's metadata."), **errors(NO_IMAGE)},
-    ),
-    "destroy": extend_schema(
-        operation_id="delete_image",
-        summary=SUMMARIES["destroy"],
-        description="Deletes the image's record, and its bytes unless another model's image shares them.",
-        tags=["images"],
-        parameters=[IMAGE_ID, *ERROR_HEADERS],
-        responses={204: OpenApiResponse(description="Deleted."), **errors(NO_IMAGE)},
-    ),
-    "content": extend_schema(
-        operation_id="get_image_content",
-        summary=SUMMARIES["content"],
-        description="An image_id's bytes never change, so caches may keep them for a year.",
-        tags=["content"],
-        parameters=[IMAGE_ID, *BYTES_HEADERS],
-        responses=image_bytes("The image, or the derivative asked for.", NO_IMAGE, BAD_DERIVATIVE),
-    ),
-    "model_image": extend_schema(
-        operation_id="get_model_image",
-        summary=SUMMARIES["model_image"],
-        description="They change when a newer image arrives: caches keep them for MODEL_IMAGE_MAX_AGE "
-        "seconds, then revalidate.",
-        tags=["content"],
-        parameters=[MODEL_ID, *BYTES_HEADERS],
-        responses=image_bytes(
-            "The model's newest image, or the derivative asked for.",
-            BAD_DERIVATIVE,
-            {400: "model_id, or a derivative parameter, is not valid."},
-            NO_MODEL,
-        ),
-    ),
-}
-
-
-def image_api_schema(view_class: type) -> type:
-    """Applies OPERATIONS to the viewset's actions: `extend_schema_view` knows only DRF's own action
-    names and @action methods, not actions routed by `as_view`."""
-    for action, decorate in OPERATIONS.items():
-        decorate(view_class.__dict__[action])
-    return view_class

@@ -1,9 +1,12 @@
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import empty
 
-from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE
+from .errors import InvalidRequest
+from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE, validate_model_id
 
 
 class ImageSerializer(serializers.Serializer):
@@ -28,13 +31,46 @@ class ImageSerializer(serializers.Serializer):
         return self.context["request"].build_absolute_uri(f"/images/{record.image_id}/content")
 
 
-# The upload form, for the browsable API and the schema. `ImageViewSet.upload` parses the request
-# itself, so that its errors keep their codes (missing_file, invalid_model_id, ...).
+class OneFileField(serializers.FileField):
+    """The uploaded image: exactly one file, sent as `file` or as `image` (an older client's name for
+    it). Form fields that are not files do not count, as they never did."""
+
+    ALIASES = ("file", "image")
+
+    def get_value(self, dictionary) -> list[UploadedFile]:
+        getlist = getattr(dictionary, "getlist", None)
+        parts = [part for name in self.ALIASES for part in (getlist(name) if getlist else [])]
+        return [part for part in parts if isinstance(part, UploadedFile)]
+
+    def run_validation(self, data=empty) -> UploadedFile:
+        # InvalidRequest, not a ValidationError: the answer keeps the old service's error code.
+        files = [] if data is empty else data
+        if len(files) != 1:
+            raise InvalidRequest(
+                "Send exactly one image, as the multipart/form-data field 'file' (or 'image').",
+                code="missing_file" if not files else "too_many_files",
+            )
+        return files[0]
+
+
+class ModelIdField(serializers.RegexField):
+    """A model_id, checked by `validate_model_id` so that it fails with `invalid_model_id`."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(MODEL_ID_PATTERN, max_length=128, help_text=MODEL_ID_RULE + ".", **kwargs)
+
+    def run_validation(self, data=empty) -> str:
+        return validate_model_id(None if data is empty else data)
+
+
+# The upload's only parser (`ImageViewSet.upload`), so the form that the schema and the browsable API
+# show is the one the service checks; the file is checked first, then the model_id. (The docstring
+# is the schema's description.)
 class UploadSerializer(serializers.Serializer):
     """An image to store for a model, as multipart/form-data."""
 
-    file = serializers.FileField(
+    file = OneFileField(
         help_text=f"The image ({', '.join(settings.ALLOWED_IMAGE_FORMATS)}). The field may also be "
         "called `image`, as some older clients send it."
     )
-    model_id = serializers.RegexField(MODEL_ID_PATTERN, max_length=128, help_text=MODEL_ID_RULE + ".")
+    model_id = ModelIdField()

@@ -5,7 +5,6 @@ tolerated everywhere, since clients in the wild add one.
 from django.urls import re_path
 
 from . import views
-from .schema import SUMMARIES
 
 ID = r"(?P<image_id>[^/]+)"
 MODEL = r"(?P<model_id>[^/]+)"
@@ -14,7 +13,7 @@ MODEL = r"(?P<model_id>[^/]+)"
 def images(actions: dict[str, str]):
     """The viewset's actions at one URL, named after its main one: the browsable API's page title
     and breadcrumb."""
-    return views.ImageViewSet.as_view(actions, name=SUMMARIES[actions.get("get", actions.get("post"))])
+    return views.ImageViewSet.as_view(actions, name=views.SUMMARIES[actions.get("get", actions.get("post"))])
 
 
 urlpatterns = [

@@ -15,16 +15,14 @@ from PIL import Image
 
 from .errors import InvalidRequest, UnprocessableImage, UnsupportedImageType
 
-MODEL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # of the whole value: see validate_model_id
-MODEL_ID_PATTERN = f"^{MODEL_ID.pattern}$"  # the same rule, as the OpenAPI schema states it
+MODEL_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # of the whole value: see validate_model_id
+MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"  # the same rule, as the OpenAPI schema states it
 MODEL_ID_RULE = "model_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'"
 MAX_FILENAME = 255
 EXIF_ORIENTATION = 0x0112
 # EXIF orientations that turn the picture a quarter (5-8): it is shown with width and height swapped.
 QUARTER_TURNS = {5, 6, 7, 8}
 
-# We enforce our own pixel limit from the header, before decoding; Pillow's warning adds nothing.
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 Image.init()
 
 
@@ -44,7 +42,7 @@ class ImageInfo:
 
 
 def validate_model_id(value: object) -> str:
-    if not isinstance(value, str) or not MODEL_ID.fullmatch(value):
+    if not isinstance(value, str) or not MODEL_ID_RE.fullmatch(value):
         raise InvalidRequest(MODEL_ID_RULE, code="invalid_model_id")
     return value
 
@@ -87,7 +85,11 @@ def opened(file: IO[bytes], formats: list[str]) -> Iterator[Image.Image]:
     """
     file.seek(0)
     try:
-        with Image.open(file, formats=formats) as im:
+        # We enforce our own pixel limit from the header, next, before decoding: Pillow's warning
+        # adds nothing, and is silenced here only, not for the whole process.
+        with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
+            im = Image.open(file, formats=formats)
+        with im:
             width, height = im.size
             if width > settings.MAX_IMAGE_WIDTH or height > settings.MAX_IMAGE_HEIGHT:
                 raise UnprocessableImage(

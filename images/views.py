@@ -6,6 +6,7 @@ renderer; `LenientNegotiation` falls back to JSON instead, and the bytes actions
 """
 
 from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.exceptions import NotFound
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
@@ -18,14 +19,39 @@ from .documents import ImageRecord
 from .errors import InvalidRequest, error_body
 from .negotiation import LenientNegotiation
 from .pagination import COUNT_HEADER, next_link, parse_count, parse_cursor, parse_limit
-from .schema import image_api_schema
+from .schema import (
+    BAD_DERIVATIVE,
+    BAD_PAGE,
+    BYTES_HEADERS,
+    ERROR_HEADERS,
+    IMAGE_ID_PARAM,
+    LISTED,
+    MODEL_ID_FILTER,
+    MODEL_ID_PARAM,
+    NO_IMAGE,
+    NO_MODEL,
+    PAGE,
+    errors,
+    image_bytes,
+    response_header,
+)
 from .serializers import ImageSerializer, UploadSerializer
 from .serving import image_response
 from .throttling import ReadRateThrottle, UploadRateThrottle, answering
 from .validation import validate_model_id
 
-SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
+ACTION_SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
 BYTES_ACTIONS = {"content", "model_image"}
+# Each action's name, in the schema and as the browsable API's page title (images/urls.py).
+SUMMARIES = {
+    "upload": "Upload an image",
+    "list": "List images",
+    "model_images": "List a model's images",
+    "retrieve": "An image's metadata",
+    "destroy": "Delete an image",
+    "content": "An image's bytes",
+    "model_image": "A model's newest image's bytes",
+}
 
 
 def note_image(request: Request, image_id: str) -> None:
@@ -33,7 +59,6 @@ def note_image(request: Request, image_id: str) -> None:
     request._request.image_id = image_id
 
 
-@image_api_schema
 class ImageViewSet(viewsets.ViewSet):
     content_negotiation_class = LenientNegotiation
     permission_classes = [HasScope]
@@ -41,10 +66,10 @@ class ImageViewSet(viewsets.ViewSet):
 
     @property
     def required_scope(self) -> str:
-        return SCOPES.get(self.action, "read")
+        return ACTION_SCOPES.get(self.action, "read")
 
     def get_throttles(self):
-        return [UploadRateThrottle() if self.action in SCOPES else ReadRateThrottle()]
+        return [UploadRateThrottle() if self.action in ACTION_SCOPES else ReadRateThrottle()]
 
     def get_renderers(self):
         if getattr(self, "action", None) in BYTES_ACTIONS:
@@ -77,6 +102,14 @@ class ImageViewSet(viewsets.ViewSet):
         # upload form from ImageSerializer instead of UploadSerializer.
         return Response(dict(ImageSerializer(record, context={"request": request}).data), **kwargs)
 
+    @extend_schema(
+        operation_id="list_images",
+        summary=SUMMARIES["list"],
+        description="Every image, or one model's, newest first, a page at a time.",
+        tags=["images"],
+        parameters=[MODEL_ID_FILTER, *PAGE, *ERROR_HEADERS],
+        responses={200: LISTED, **errors(BAD_PAGE)},
+    )
     def list(self, request: Request, model_id: str | None = None) -> Response:
         in_path = model_id is not None
         if not in_path:
@@ -93,31 +126,74 @@ class ImageViewSet(viewsets.ViewSet):
         data = ImageSerializer(records[:limit], many=True, context={"request": request}).data
         return Response(data, headers=headers)
 
+    @extend_schema(
+        operation_id="list_model_images",
+        summary=SUMMARIES["model_images"],
+        description="As `GET /images?model_id=`, except that a model without images is a 404.",
+        tags=["images"],
+        parameters=[MODEL_ID_PARAM, *PAGE, *ERROR_HEADERS],
+        responses={200: LISTED, **errors(BAD_PAGE, NO_MODEL)},
+    )
     def model_images(self, request: Request, model_id: str) -> Response:
         """`list` for one model (its own action, so that the schema can tell the two routes apart)."""
         return self.list(request, model_id)
 
+    @extend_schema(
+        operation_id="get_image",
+        summary=SUMMARIES["retrieve"],
+        tags=["images"],
+        parameters=[IMAGE_ID_PARAM, *ERROR_HEADERS],
+        responses={200: OpenApiResponse(ImageSerializer, "The image's metadata."), **errors(NO_IMAGE)},
+    )
     def retrieve(self, request: Request, image_id: str) -> Response:
         note_image(request, image_id)
         return self._json(request, services.get_record(image_id))
 
+    @extend_schema(
+        operation_id="delete_image",
+        summary=SUMMARIES["destroy"],
+        description="Deletes the image's record, and its bytes unless another model's image shares them.",
+        tags=["images"],
+        parameters=[IMAGE_ID_PARAM, *ERROR_HEADERS],
+        responses={204: OpenApiResponse(description="Deleted."), **errors(NO_IMAGE)},
+    )
     def destroy(self, request: Request, image_id: str) -> Response:
         note_image(request, image_id)
         if services.delete_image(image_id) is None:
             raise NotFound(f"No image has image_id {image_id!r}.")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @extend_schema(
+        operation_id="upload_image",
+        summary=SUMMARIES["upload"],
+        description="Stores an image for a model and answers its metadata. The type is sniffed from "
+        "the bytes, which must decode as a whole image. A model stores the same bytes once: sending "
+        "them again answers 200 with the image already stored.",
+        tags=["images"],
+        request={"multipart/form-data": UploadSerializer},
+        parameters=[response_header("Location", "The image's metadata URL.", [200, 201]), *ERROR_HEADERS],
+        responses={
+            201: OpenApiResponse(ImageSerializer, "Stored."),
+            200: OpenApiResponse(ImageSerializer, "The model has these bytes already: that image."),
+            **errors(
+                {
+                    400: "The form is not valid: no file, several files, an empty file, a bad model_id "
+                    "or a malformed body.",
+                    411: "The body is chunked: send Content-Length.",
+                    413: "The file is over MAX_UPLOAD_MB, or the body over MAX_REQUEST_MB.",
+                    415: "The file is not an allowed image type, or the body is not multipart/form-data.",
+                    422: "The image is truncated or corrupt, or has too many pixels.",
+                    507: "The image store is full: nothing was stored.",
+                }
+            ),
+        },
+    )
     def upload(self, request: Request) -> Response:
         # The body's size was judged from its headers already (images/bodylimits.py).
-        # `image` is an old client's name for `file`; one file in all, whatever it is called.
-        files = request.FILES.getlist("file") + request.FILES.getlist("image")
-        if len(files) != 1:
-            raise InvalidRequest(
-                "Send exactly one image, as the multipart/form-data field 'file' (or 'image').",
-                code="missing_file" if not files else "too_many_files",
-            )
-        model_id = validate_model_id(request.data.get("model_id"))
-        record, created = services.add_image(files[0], model_id, uploaded_by=caller_name(request))
+        form = UploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        file, model_id = form.validated_data["file"], form.validated_data["model_id"]
+        record, created = services.add_image(file, model_id, uploaded_by=caller_name(request))
         note_image(request, record.image_id)
         return self._json(
             request,
@@ -126,11 +202,33 @@ class ImageViewSet(viewsets.ViewSet):
             headers={"Location": request.build_absolute_uri(f"/images/{record.image_id}")},
         )
 
+    @extend_schema(
+        operation_id="get_image_content",
+        summary=SUMMARIES["content"],
+        description="An image_id's bytes never change, so caches may keep them for a year.",
+        tags=["content"],
+        parameters=[IMAGE_ID_PARAM, *BYTES_HEADERS],
+        responses=image_bytes("The image, or the derivative asked for.", NO_IMAGE, BAD_DERIVATIVE),
+    )
     def content(self, request: Request, image_id: str):
         note_image(request, image_id)
         with answering(request):  # a derivative made for it counts against THROTTLE_DERIVE
             return image_response(request, services.get_record(image_id))
 
+    @extend_schema(
+        operation_id="get_model_image",
+        summary=SUMMARIES["model_image"],
+        description="They change when a newer image arrives: caches keep them for MODEL_IMAGE_MAX_AGE "
+        "seconds, then revalidate.",
+        tags=["content"],
+        parameters=[MODEL_ID_PARAM, *BYTES_HEADERS],
+        responses=image_bytes(
+            "The model's newest image, or the derivative asked for.",
+            BAD_DERIVATIVE,
+            {400: "model_id, or a derivative parameter, is not valid."},
+            NO_MODEL,
+        ),
+    )
     def model_image(self, request: Request, model_id: str):
         """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
         record = services.newest_record(validate_model_id(model_id))

@@ -1,10 +1,9 @@
 """Settings for image-service: the one place that reads the environment (and `.env`).
 
-Every variable is documented in `.env.example` and the README.
+Every variable is documented in `.env.example` and docs/configuration.md.
 """
 
 import os
-import secrets
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -18,20 +17,10 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env")  # never overrides variables already set
 
 DEBUG = env.bool("DEBUG", default=False)
+# Created, with FILE_UPLOAD_TEMP_DIR, at start-up (images/apps.py), not when this module is imported.
 DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "data"))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
-
-
-def _persistent_secret_key() -> str:
-    """A random key kept under DATA_DIR, so that a quick start needs no configuration."""
-    path = DATA_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
-
-
-SECRET_KEY = env.str("SECRET_KEY", default="") or _persistent_secret_key()
+# Unset: images/apps.py fills it at start-up from DATA_DIR/secret_key, made once with a random key.
+SECRET_KEY = env.str("SECRET_KEY", default="")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
@@ -167,7 +156,6 @@ STORAGES = {
 # Uploads over 1 MB spool to disk next to the blobs, so memory never grows with an upload's size.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "tmp")
-Path(FILE_UPLOAD_TEMP_DIR).mkdir(exist_ok=True)
 FILE_UPLOAD_PERMISSIONS = 0o644
 DATA_UPLOAD_MAX_NUMBER_FIELDS = env.int("MAX_FORM_FIELDS", default=20)
 DATA_UPLOAD_MAX_NUMBER_FILES = env.int("MAX_FORM_FILES", default=2)

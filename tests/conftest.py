@@ -7,18 +7,13 @@ MONGO_TEST_URI). Mongo mode never silently disappears: under CI=true a missing s
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pymongo
 import pytest
-from django.core.files.storage import storages
 
-from images.backend import get_backend
-from images.storage import BlobFileSystemStorage
 from tests import servers
-
-MODES = ["embedded", "mongo"]
+from tests.helpers import MODES, Live, Store, store_env
 
 
 @pytest.fixture(scope="session")
@@ -42,38 +37,6 @@ def ferretdb_bin() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return binary
-
-
-@dataclass
-class Store:
-    """One storage mode, configured into Django's settings, with ways to look behind the API."""
-
-    mode: str
-    blob_dir: Path | None = None
-    mongo_db: pymongo.database.Database | None = None
-
-    @property
-    def storage(self):
-        return storages["images"]
-
-    def records(self) -> list:
-        return get_backend().records.page(None, None, 10_000)
-
-    def blob_names(self) -> list[str]:
-        """Every blob, and every piece of one, that exists in the backend. A deleted GridFS file's
-        chunks that wait for their purge (see GridFSStorage) belong to no blob any more."""
-        if self.mongo_db is not None:
-            files = [d["filename"] for d in self.mongo_db["fs.files"].find()]
-            accounted = [d["_id"] for d in self.mongo_db["fs.files"].find()]
-            accounted += [d["_id"] for d in self.mongo_db["fs.deleted"].find()]
-            orphans = self.mongo_db["fs.chunks"].count_documents({"files_id": {"$nin": accounted}})
-            return files + ["<orphan chunk>"] * orphans
-        refs = self.blob_dir / BlobFileSystemStorage.REFS_DIR  # pins and their locks, not bytes
-        return sorted(p.name for p in self.blob_dir.rglob("*") if p.is_file() and refs not in p.parents)
-
-    def assert_empty(self) -> None:
-        assert self.records() == []
-        assert self.blob_names() == []
 
 
 def configure_store(mode: str, settings, tmp_path: Path, request) -> Iterator[Store]:
@@ -121,3 +84,13 @@ def fresh_caches() -> Iterator[None]:
     apikeys.forget_cached()
     hotcache.clear()
     yield
+
+
+@pytest.fixture(scope="module", params=MODES)
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """One service per mode for the whole module: starting gunicorn costs seconds."""
+    data_dir = tmp_path_factory.mktemp(f"service-{request.param}")
+    with store_env(request, request.param, data_dir) as (env, mongo_db):
+        env["MAX_UPLOAD_MB"] = "64"
+        with servers.served(env, data_dir / "service.log") as served:
+            yield Live(request.param, served.url, data_dir, mongo_db, served)

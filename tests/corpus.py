@@ -16,8 +16,7 @@ from functools import cache
 
 from PIL import ExifTags, Image, PngImagePlugin
 
-from tests.samples import image_bytes, noise_jpeg
-from tests.test_api import png_with_header_size, zTXt_bomb
+from tests.samples import image_bytes, noise_jpeg, png_with_header_size, zTXt_bomb
 
 BOUNDARY = "corpus-boundary-7d3f"
 

@@ -2,8 +2,9 @@
 
 import io
 import random
+import zlib
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 
 def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (64, 48), seed: int = 0, **save) -> bytes:
@@ -25,3 +26,31 @@ def noise_jpeg(size: tuple[int, int], quality: int = 95) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+def zTXt_bomb() -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("bomb", "A" * (80 * 1024 * 1024), zip=True)  # decompresses past Pillow's limit
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def png_with_header_size(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims a huge size, with almost no pixel data behind it."""
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+def rotated_jpeg(seed: int = 0) -> bytes:
+    """Stored 60x30, with EXIF orientation 6 (a phone held upright): shown 30x60."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return image_bytes("JPEG", (60, 30), seed=seed, exif=exif.tobytes())

@@ -23,9 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from PIL import Image
 
 from tests import servers
-from tests.conftest import MODES
+from tests.helpers import MODES, TIMEOUT, Live, new_model_id, store_env, upload_to
 from tests.samples import image_bytes
-from tests.test_server import TIMEOUT, Live, new_model_id, store_env, upload
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 CLIENT_TIMEOUT = 2
@@ -78,7 +77,7 @@ def stored(live: Live, name: str) -> bool:
 
 
 def uploaded(live: Live, http: requests.Session, data: bytes) -> dict:
-    response = upload(live.url, data, new_model_id("abuse"), http=http)
+    response = upload_to(live.url, data, new_model_id("abuse"), http=http)
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -320,7 +319,7 @@ def test_unauthenticated_oddities_answer_json_4xx(live: Live) -> None:
 
 def test_an_empty_credential_name_is_refused(live: Live) -> None:
     before = requests.get(f"{live.url}/images?limit=1000", timeout=TIMEOUT).json()
-    response = upload(live.url, image_bytes(seed=5), new_model_id("nameless"), http=caller(""))
+    response = upload_to(live.url, image_bytes(seed=5), new_model_id("nameless"), http=caller(""))
     assert_refused(response, 401, "authentication_failed")
     assert requests.get(f"{live.url}/images?limit=1000", timeout=TIMEOUT).json() == before
     made = servers.manage({"DATA_DIR": str(live.data_dir)}, "create_api_key", "")
@@ -333,6 +332,6 @@ def test_an_empty_credential_name_is_refused(live: Live) -> None:
 def test_forwarded_proto_is_not_believed_and_the_server_header_names_no_version(live: Live) -> None:
     http = caller("forwarded")
     http.headers["X-Forwarded-Proto"] = "https"
-    response = upload(live.url, image_bytes(seed=6), new_model_id("proto"), http=http)
+    response = upload_to(live.url, image_bytes(seed=6), new_model_id("proto"), http=http)
     assert response.json()["url"].startswith("http://"), response.json()["url"]
     assert response.headers["Server"] == "image-service"

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
 
 import jwt
 import pytest
@@ -19,20 +18,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from images.management.commands.serve import is_loopback
+from tests.helpers import assert_error, auth, create_key, upload
 from tests.samples import image_bytes
 from tests.servers import ROOT
-from tests.test_api import assert_error, upload
-
-
-def create_key(name: str, scopes: str) -> str:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        call_command("create_api_key", name, scopes=scopes, stdout=out)
-    return out.getvalue().strip().splitlines()[-1]
-
-
-def auth(key: str) -> dict:
-    return {"HTTP_AUTHORIZATION": f"Api-Key {key}"}
 
 
 def post(client, key: str | None = None, seed: int = 0):

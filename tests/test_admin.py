@@ -8,9 +8,8 @@ from django.contrib.auth.models import User
 
 from images import admin as image_admin
 from images.bulk import human_bytes
+from tests.helpers import auth, create_key, upload
 from tests.samples import image_bytes
-from tests.test_access import auth, create_key
-from tests.test_api import upload
 
 
 @pytest.fixture

@@ -3,16 +3,14 @@ test client, so requests go through the real URL conf, middleware, parsers and v
 """
 
 import hashlib
-import io
 import time
-import zlib
 from email.utils import parsedate_to_datetime
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image, PngImagePlugin
 
-from tests.samples import image_bytes
+from tests.helpers import assert_error, body, upload
+from tests.samples import image_bytes, png_with_header_size, zTXt_bomb
 from tests.servers import free_port
 
 FIELDS = {
@@ -28,30 +26,6 @@ FIELDS = {
     "uploaded_by",
     "url",
 }
-
-
-def upload(
-    client, data: bytes, model_id: str | None = "m1", name: str = "a.jpg", field: str = "file", **extra
-):
-    """POST /upload as the old clients do; `extra` carries request headers (HTTP_AUTHORIZATION=...)."""
-    form = {field: SimpleUploadedFile(name, data, content_type="image/jpeg")}
-    if model_id is not None:
-        form["model_id"] = model_id
-    return client.post("/upload", form, **extra)
-
-
-def body(response) -> bytes:
-    return b"".join(response.streaming_content) if response.streaming else response.content
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/json"
-    payload = response.json()
-    assert payload["detail"]
-    if code:
-        assert payload["error"] == code
-    return payload
 
 
 # --- upload --------------------------------------------------------------------------------------
@@ -136,27 +110,6 @@ def test_a_filename_with_nothing_left_gets_a_derived_one(store, client):
 
 
 # --- refused uploads: a JSON 4xx, and nothing stored ---------------------------------------------
-
-
-def zTXt_bomb() -> bytes:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("bomb", "A" * (80 * 1024 * 1024), zip=True)  # decompresses past Pillow's limit
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
-    return buf.getvalue()
-
-
-def png_with_header_size(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims a huge size, with almost no pixel data behind it."""
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data).to_bytes(4, "big")
-        return len(data).to_bytes(4, "big") + kind + data + crc
-
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    )
 
 
 REFUSED = {

@@ -14,14 +14,19 @@ from pymongo import monitoring
 
 from images import derivatives, mongo, services
 from images.backend import get_backend
-from tests import servers, test_server
+from tests import servers
+from tests.helpers import (
+    TIMEOUT,
+    Live,
+    drop_pin,
+    new_model_id,
+    spec,
+    stored_image,
+    untrack,
+    upload,
+    upload_to,
+)
 from tests.samples import image_bytes
-from tests.test_api import upload
-from tests.test_derivatives import spec, stored_image
-from tests.test_server import TIMEOUT, Live, new_model_id
-from tests.test_storage import drop_pin, untrack
-
-live = test_server.live  # one service per mode, this module's own
 
 FAR_PAST_GRACE = ["--grace", "0"]
 
@@ -43,11 +48,11 @@ def test_a_delete_racing_an_upload_of_the_same_bytes_never_loses_it(live: Live) 
     B's answer was 201, then its content 404 in 6 of 12 rounds before blobs kept pins."""
     for round_ in range(12):
         data = image_bytes("PNG", (40, 30), seed=9000 + round_)
-        first = test_server.upload(live.url, data, new_model_id("race-a"))
+        first = upload_to(live.url, data, new_model_id("race-a"))
         assert first.status_code == 201, first.text
         deleted, second = at_once(
             partial(requests.delete, f"{live.url}/images/{first.json()['image_id']}", timeout=TIMEOUT),
-            partial(test_server.upload, live.url, data, new_model_id("race-b")),
+            partial(upload_to, live.url, data, new_model_id("race-b")),
         )
         assert (deleted.status_code, second.status_code) == (204, 201), second.text
         content = requests.get(second.json()["url"], timeout=TIMEOUT)
@@ -67,7 +72,7 @@ def live_env(live: Live) -> dict[str, str]:
 
 def test_concurrent_deletes_of_one_image_answer_204_once(live: Live) -> None:
     for round_ in range(3):
-        response = test_server.upload(live.url, image_bytes("PNG", (20, 20), seed=9100 + round_), "deletes")
+        response = upload_to(live.url, image_bytes("PNG", (20, 20), seed=9100 + round_), "deletes")
         url = f"{live.url}/images/{response.json()['image_id']}"
         answers = at_once(*[partial(requests.delete, url, timeout=TIMEOUT)] * 6)
         assert sorted(a.status_code for a in answers) == [204, 404, 404, 404, 404, 404], round_

@@ -25,6 +25,7 @@ from images import services
 from images.bulk import human_bytes
 from images.derivatives import Spec
 from images.documents import ImageRecord
+from tests.helpers import fsck_json
 from tests.samples import image_bytes
 from tests.servers import ROOT
 
@@ -355,15 +356,6 @@ def leave_unfinished_write(store, when: datetime) -> str:
     temp.write_bytes(b"half a blob")
     os.utime(temp, (when.timestamp(), when.timestamp()))
     return temp.name
-
-
-def fsck_json(*args: str) -> tuple[dict, CommandError | None]:
-    out = io.StringIO()
-    try:
-        call_command("fsck", "--json", *args, stdout=out, stderr=io.StringIO())
-    except CommandError as error:
-        return json.loads(out.getvalue()), error
-    return json.loads(out.getvalue()), None
 
 
 def test_fsck_of_a_healthy_store_finds_nothing(store):

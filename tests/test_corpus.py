@@ -15,11 +15,8 @@ import threading
 import pytest
 import requests
 
-from tests import corpus, servers, test_server
-from tests.conftest import Store
-from tests.test_server import TIMEOUT, Live
-
-live = test_server.live  # the fixture: one service per mode, this module's own
+from tests import corpus, servers
+from tests.helpers import TIMEOUT, Live, Store
 
 CPU_LIMIT = 1.0  # seconds of the service's CPU (all its processes) per case
 CASES = {case.name: case for case in corpus.cases()}

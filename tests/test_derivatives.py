@@ -14,9 +14,8 @@ from PIL import Image, ImageChops, ImageCms, ImageFilter, ImageStat, PngImagePlu
 from images import derivatives, services
 from images.backend import get_backend
 from images.derivatives import Spec, parse_spec, render
-from images.documents import ImageRecord
 from images.errors import InvalidRequest, UnprocessableImage
-from tests.test_api import body, upload
+from tests.helpers import body, spec, stored_image, upload
 
 ALLOWED = ["JPEG", "PNG", "WEBP", "GIF"]
 
@@ -31,10 +30,6 @@ def made(data: bytes, spec: Spec) -> Image.Image:
     out = Image.open(io.BytesIO(render(io.BytesIO(data), spec, ALLOWED)))
     out.load()
     return out
-
-
-def spec(width=64, height=None, fit="contain", fmt="png", quality=100) -> Spec:
-    return Spec(width, height, fit, fmt, quality)
 
 
 # --- parameters ----------------------------------------------------------------------------------
@@ -269,11 +264,6 @@ def test_a_pixel_bomb_is_refused_from_its_header():
 
 
 # --- making and keeping them, in both storage modes ----------------------------------------------
-
-
-def stored_image(client, data: bytes, model_id: str = "m1") -> ImageRecord:
-    meta = upload(client, data, model_id=model_id).json()
-    return get_backend().records.get(meta["image_id"])
 
 
 def test_a_derivative_is_made_once_and_kept_in_the_image_storage(store, client, monkeypatch):

@@ -32,21 +32,10 @@ from PIL import Image
 
 from images import mongo
 from imageservice.pacing import ClientTooSlow, PacedSocket
-from tests import servers, test_server
-from tests.conftest import MODES
+from tests import servers
 from tests.corpus import BOUNDARY, Part, multipart
+from tests.helpers import MODES, TIMEOUT, UNTHROTTLED, Live, new_model_id, sha256, store_env, upload_to
 from tests.samples import image_bytes, noise_jpeg
-from tests.test_server import (
-    TIMEOUT,
-    UNTHROTTLED,
-    Live,
-    new_model_id,
-    sha256,
-    store_env,
-    upload,
-)
-
-live = test_server.live  # the fixture: one service per mode, this module's own
 
 
 def assert_only_reclaimable(report: dict) -> None:
@@ -118,7 +107,7 @@ class Attempt:
     def start(self, url: str) -> None:
         def send() -> None:
             try:
-                self.response = upload(url, self.data, self.model_id, timeout=120)
+                self.response = upload_to(url, self.data, self.model_id, timeout=120)
             except requests.RequestException as exc:  # the connection died with the process
                 self.error = exc
 
@@ -164,7 +153,7 @@ def test_kill_9_during_100_mb_uploads_keeps_every_answered_upload(
         served = service.enter_context(servers.served(env, log, port=port))
 
         started = time.monotonic()
-        calibration = upload(served.url, variant(data, "calibration"), new_model_id("kill"), timeout=120)
+        calibration = upload_to(served.url, variant(data, "calibration"), new_model_id("kill"), timeout=120)
         assert calibration.status_code == 201, calibration.text
         duration = time.monotonic() - started
         image = calibration.json()["url"].removesuffix("/content")
@@ -245,7 +234,7 @@ def test_four_parallel_100_mb_downloads_in_mongo_mode_are_whole_in_bounded_memor
         env, _ = stack.enter_context(store_env(request, "mongo", tmp_path / "data"))
         env.update(MAX_UPLOAD_MB=str(BIG_UPLOAD_MB + 10), MONGO_TIMEOUT_MS="3000")  # the default
         served = stack.enter_context(servers.served(env, tmp_path / "service.log"))
-        created = upload(served.url, data, new_model_id("parallel"), timeout=120)
+        created = upload_to(served.url, data, new_model_id("parallel"), timeout=120)
         assert created.status_code == 201, created.text
 
         before = servers.rss_bytes(served.pids())
@@ -334,7 +323,7 @@ def test_a_full_disk_gets_507_keeps_reads_and_recovers(tmp_path: Path) -> None:
         kept = {}
         for seed in range(3):
             data = image_bytes("PNG", (300, 200), seed=seed)
-            response = upload(served.url, data, "kept")
+            response = upload_to(served.url, data, "kept")
             assert response.status_code == 201, response.text
             kept[response.json()["image_id"]] = data
 
@@ -349,7 +338,7 @@ def test_a_full_disk_gets_507_keeps_reads_and_recovers(tmp_path: Path) -> None:
             fill(data_dir, filler, leave)
             for name, data in payloads.items():
                 before = disk_state(data_dir, served.url)
-                response = upload(served.url, data, f"full-{leave}-{name.replace(' ', '')}")
+                response = upload_to(served.url, data, f"full-{leave}-{name.replace(' ', '')}")
                 statuses[response.status_code] += 1
                 assert response.status_code in (201, 507), (leave, name, response.text)
                 if response.status_code == 507:
@@ -368,7 +357,7 @@ def test_a_full_disk_gets_507_keeps_reads_and_recovers(tmp_path: Path) -> None:
         assert statuses[507] >= 3, statuses
 
         filler.unlink()
-        again = upload(served.url, payloads["3 MB"], "after")
+        again = upload_to(served.url, payloads["3 MB"], "after")
         assert again.status_code == 201, again.text
         assert requests.get(again.json()["url"], timeout=TIMEOUT).content == payloads["3 MB"]
         report = servers.fsck(env)
@@ -423,7 +412,7 @@ def test_a_read_sees_nothing_or_the_whole_image_while_it_is_written(live: Live) 
     readers = Readers([f"{live.url}/image/{model_id}"], data)
     with readers.running():
         time.sleep(0.2)
-        created = upload(live.url, data, model_id)
+        created = upload_to(live.url, data, model_id)
         assert created.status_code == 201, created.text
         time.sleep(0.5)
     assert readers.failures == []
@@ -438,7 +427,7 @@ def test_reads_racing_a_delete_get_the_whole_image_or_a_404(live: Live) -> None:
     for cycle in range(10):
         data = image_bytes("PNG", (400, 300), seed=cycle, compress_level=0)
         model_id = new_model_id("deleted")
-        created = upload(live.url, data, model_id)
+        created = upload_to(live.url, data, model_id)
         assert created.status_code == 201, created.text
         image_id = created.json()["image_id"]
         readers = Readers([f"{live.url}/images/{image_id}/content", f"{live.url}/image/{model_id}"], data)
@@ -456,7 +445,7 @@ def test_deleting_an_image_breaks_no_download_that_has_started(live: Live) -> No
     on disk keeps its bytes while it is open, and GridFS keeps a deleted blob's chunks for a while
     (GRIDFS_PURGE_DELAY). New requests get 404 once the delete is done."""
     data = noise_jpeg((2600, 2000))  # more than the socket buffers hold, so the server is mid-body
-    created = upload(live.url, data, new_model_id("downloads"))
+    created = upload_to(live.url, data, new_model_id("downloads"))
     assert created.status_code == 201, created.text
     url = created.json()["url"]
     # Each paused download holds a thread: three, with the delete, fit in one worker's four threads.
@@ -540,7 +529,7 @@ def test_mongodb_stopping_before_a_download_s_first_byte_gives_503_and_after_it_
             "DATA_DIR": str(tmp_path / "service"),
         }
         served = stack.enter_context(servers.served(env, tmp_path / "service.log"))
-        created = upload(served.url, data, new_model_id("stopped"))
+        created = upload_to(served.url, data, new_model_id("stopped"))
         assert created.status_code == 201, created.text
         url = created.json()["url"]
 
@@ -667,7 +656,7 @@ def test_slow_clients_are_cut_off_without_slowing_anyone_else(tmp_path: Path) ->
     timing, so a timing that misses is taken again once, baselines and all."""
     env = {**UNTHROTTLED, "DATA_DIR": str(tmp_path / "data")}
     with servers.served(env, tmp_path / "service.log") as served:
-        created = upload(served.url, image_bytes("JPEG", (320, 240)), new_model_id("normal"))
+        created = upload_to(served.url, image_bytes("JPEG", (320, 240)), new_model_id("normal"))
         assert created.status_code == 201, created.text
         urls = [
             created.json()["url"],

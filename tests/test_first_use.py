@@ -21,22 +21,14 @@ from PIL import Image
 from images import apikeys
 from images.backend import get_backend
 from images.models import ApiKey, DerivativeUse, Lease, StoredImage
-from tests import servers, test_server
-from tests.samples import image_bytes
+from tests import servers
+from tests.helpers import assert_error, auth, body, create_key, fsck_json, upload, upload_to
+from tests.samples import image_bytes, rotated_jpeg
 from tests.servers import ROOT
-from tests.test_access import auth, create_key
-from tests.test_api import assert_error, body, upload
-from tests.test_commands import fsck_json
 
 README = (ROOT / "README.md").read_text()
+ERRORS_DOC = (ROOT / "docs" / "errors.md").read_text()
 BROWSER = {"HTTP_ACCEPT": "text/html,application/xhtml+xml,*/*;q=0.8"}
-
-
-def rotated_jpeg(seed: int = 0) -> bytes:
-    """Stored 60x30, with EXIF orientation 6 (a phone held upright): shown 30x60."""
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return image_bytes("JPEG", (60, 30), seed=seed, exif=exif.tobytes())
 
 
 # --- The upload's parts and the derivatives' parameters -------------------------------------------
@@ -61,10 +53,10 @@ def test_fit_cover_needs_both_sides(store, client):
     assert client.get(f"/images/{meta['image_id']}/content?w=256&h=128&fit=cover").status_code == 200
 
 
-def test_a_json_body_gets_the_415_that_the_readme_lists(store, client):
+def test_a_json_body_gets_the_415_that_the_error_table_lists(store, client):
     response = client.post("/upload", {"model_id": "m1"}, content_type="application/json")
     assert_error(response, 415, "unsupported_media_type")
-    assert "`unsupported_media_type`" in README.split("## Errors")[1].split("\n## ")[0]
+    assert "`unsupported_media_type`" in ERRORS_DOC.split("| Status |")[1].split("\n## ")[0]
     store.assert_empty()
 
 
@@ -246,7 +238,7 @@ def test_a_hung_mongodb_gets_503_within_the_deadline_from_the_named_store(tmp_pa
         log = tmp_path / "service.log"
         with servers.service(env, log, workers=1) as url:
             assert f"image-service: mongo ({uri.split('/')[2]}, database {db}) mode" in log.read_text()
-            meta = test_server.upload(url, image_bytes("PNG"), "m1", filename="a.png").json()
+            meta = upload_to(url, image_bytes("PNG"), "m1", filename="a.png").json()
             paths = ["/images", "/images?model_id=m1", f"/images/{meta['image_id']}/content"]
 
             def timed(path: str) -> tuple[requests.Response, float]:

@@ -25,10 +25,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from images.bulk import human_bytes
 from images.gallery import PAGE_SIZE
 from tests import servers
-from tests.conftest import MODES
-from tests.samples import image_bytes, noise_jpeg
-from tests.test_first_use import rotated_jpeg
-from tests.test_server import upload
+from tests.helpers import MODES, upload_to
+from tests.samples import image_bytes, noise_jpeg, rotated_jpeg
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -77,7 +75,7 @@ class Site:
         metas = []
         for i in range(count):
             data = image_bytes("PNG", size, seed=hash((model_id, i)) % 10**6)
-            response = upload(self.url, data, model_id, filename=f"{model_id}-{i}.png", http=http)
+            response = upload_to(self.url, data, model_id, filename=f"{model_id}-{i}.png", http=http)
             assert response.status_code == 201, response.text
             metas.append(response.json())
         return metas
@@ -552,7 +550,7 @@ def test_the_detail_dialog_fits_a_desktop_and_a_phone(open_site: Site, page: Pag
     model_id = new_model_id("wide")
     name = "a-long-camera-file-name-without-any-spaces-IMG_20261203_101112_HDR-final-v2.png"
     http = requests.Session()
-    assert upload(open_site.url, image_bytes("PNG", (640, 480)), model_id, filename=name, http=http).ok
+    assert upload_to(open_site.url, image_bytes("PNG", (640, 480)), model_id, filename=name, http=http).ok
     page.goto(f"{open_site.url}/?model_id={model_id}")
     card_of(page, name).click()
     dialog = page.get_by_role("dialog")
@@ -583,7 +581,7 @@ def test_small_images_keep_their_size_and_photos_their_shown_dimensions(open_sit
     model_id = new_model_id("icons")
     http = requests.Session()
     for data, name in ((image_bytes("PNG", (64, 64)), "icon.png"), (rotated_jpeg(), "upright.jpg")):
-        assert upload(open_site.url, data, model_id, filename=name, http=http).status_code == 201
+        assert upload_to(open_site.url, data, model_id, filename=name, http=http).status_code == 201
     failed: list[str] = []
     page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(f"{open_site.url}/?model_id={model_id}")

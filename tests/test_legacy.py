@@ -24,9 +24,8 @@ from django.core.management.base import CommandError
 
 from images import legacy
 from tests import servers
+from tests.helpers import body, name_of, upload
 from tests.samples import image_bytes, noise_jpeg
-from tests.test_api import body, upload
-from tests.test_storage import name_of
 
 adopt_legacy = importlib.import_module("images.management.commands.adopt_legacy")
 

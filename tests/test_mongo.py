@@ -10,8 +10,8 @@ from pymongo.errors import AutoReconnect
 
 from images import mongo
 from images.documents import MongoDocuments
+from tests.helpers import GRIDFS_CHUNK, blob, name_of
 from tests.samples import image_bytes
-from tests.test_storage import GRIDFS_CHUNK, blob, name_of
 
 pytestmark = pytest.mark.parametrize("store", ["mongo"], indirect=True)
 

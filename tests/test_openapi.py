@@ -22,7 +22,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 
 from tests import servers
-from tests.conftest import MODES
+from tests.helpers import MODES
 from tests.samples import image_bytes
 
 OPERATIONS = {

@@ -9,10 +9,9 @@ import pytest
 import requests
 
 from imageservice.jsonlog import JSONFormatter
+from tests.helpers import assert_error, auth, create_key, upload
 from tests.samples import image_bytes
 from tests.servers import free_port, service
-from tests.test_access import auth, create_key
-from tests.test_api import assert_error, upload
 
 
 def request_lines(caplog) -> list[dict]:

@@ -26,6 +26,7 @@ from django.test import override_settings
 
 from images import apikeys
 from tests import servers, topology
+from tests.helpers import upload_to
 from tests.samples import image_bytes
 
 pytestmark = pytest.mark.slow
@@ -106,16 +107,6 @@ def scaled_out(programs, mongo_uri: str, tmp_path_factory: pytest.TempPathFactor
             client.drop_database(database)
 
 
-def upload(base: str, headers: dict[str, str], data: bytes, model_id: str) -> requests.Response:
-    return requests.post(
-        f"{base}/upload",
-        data={"model_id": model_id},
-        files={"file": ("pic.png", data, "image/png")},
-        headers=headers,
-        timeout=TIMEOUT,
-    )
-
-
 def requests_logged(log: Path, path: str) -> int:
     """How many requests for `path` an instance has logged."""
     return sum(f'"path": "{path}"' in line for line in log.read_text().splitlines())
@@ -123,7 +114,7 @@ def requests_logged(log: Path, path: str) -> int:
 
 def test_an_upload_to_one_instance_is_read_through_the_other_at_once(scaled_out: Topology) -> None:
     data = image_bytes("PNG", (300, 200), seed=1)
-    response = upload(scaled_out.a, scaled_out.writer, data, "chair-1")
+    response = upload_to(scaled_out.a, data, "chair-1", headers=scaled_out.writer)
     assert response.status_code == 201, response.text
     image_id = response.json()["image_id"]
 
@@ -146,7 +137,7 @@ def test_an_upload_to_one_instance_is_read_through_the_other_at_once(scaled_out:
 def test_nginx_caches_content_and_derivatives(scaled_out: Topology) -> None:
     nginx = scaled_out.nginx
     data = image_bytes("PNG", (320, 240), seed=2)
-    response = upload(nginx, scaled_out.writer, data, "table-2")
+    response = upload_to(nginx, data, "table-2", headers=scaled_out.writer)
     assert response.status_code == 201, response.text
     path = f"/images/{response.json()['image_id']}/content"
 
@@ -183,7 +174,7 @@ def test_nginx_caches_content_and_derivatives(scaled_out: Topology) -> None:
 def test_nginx_revalidates_a_models_newest_image(scaled_out: Topology) -> None:
     nginx = scaled_out.nginx
     old, new = image_bytes("PNG", (64, 64), seed=3), image_bytes("PNG", (64, 64), seed=4)
-    assert upload(nginx, scaled_out.writer, old, "lamp-3").status_code == 201
+    assert upload_to(nginx, old, "lamp-3", headers=scaled_out.writer).status_code == 201
     url = f"{nginx}/image/lamp-3"
     statuses = [requests.get(url, timeout=TIMEOUT).headers["X-Cache-Status"] for _ in range(2)]
     assert statuses == ["MISS", "HIT"]
@@ -194,7 +185,7 @@ def test_nginx_revalidates_a_models_newest_image(scaled_out: Topology) -> None:
         time.sleep(0.2)
     assert (again.headers["X-Cache-Status"], again.content) == ("REVALIDATED", old)
 
-    assert upload(nginx, scaled_out.writer, new, "lamp-3").status_code == 201
+    assert upload_to(nginx, new, "lamp-3", headers=scaled_out.writer).status_code == 201
     deadline = time.monotonic() + 10  # max-age, plus the instances' HOT_CACHE_SECONDS
     while (latest := requests.get(url, timeout=TIMEOUT)).content != new and time.monotonic() < deadline:
         time.sleep(0.25)
@@ -208,12 +199,12 @@ def test_nginx_enforces_the_services_body_limit(scaled_out: Topology) -> None:
 
     seen = uploads_logged()
     too_big = os.urandom(MAX_REQUEST_MB * 1024 * 1024 + 1)
-    response = upload(scaled_out.nginx, scaled_out.writer, too_big, "big")
+    response = upload_to(scaled_out.nginx, too_big, "big", headers=scaled_out.writer)
     assert (response.status_code, response.json()["error"]) == (413, "request_too_large")
     assert uploads_logged() == seen  # refused before any instance saw it
     # Under the request limit but over the image limit: the service's own 413.
     too_big = os.urandom(MAX_UPLOAD_MB * 1024 * 1024 + 1)
-    response = upload(scaled_out.nginx, scaled_out.writer, too_big, "big")
+    response = upload_to(scaled_out.nginx, too_big, "big", headers=scaled_out.writer)
     assert (response.status_code, response.json()["error"]) == (413, "too_large")
 
 
@@ -221,13 +212,14 @@ def test_throttling_is_shared_through_redis(scaled_out: Topology) -> None:
     targets = [scaled_out.a, scaled_out.b, scaled_out.nginx]
     data = image_bytes("PNG", (16, 16), seed=5)
     statuses = [
-        upload(targets[i % 3], scaled_out.burst, data, "burst").status_code for i in range(UPLOAD_LIMIT)
+        upload_to(targets[i % 3], data, "burst", headers=scaled_out.burst).status_code
+        for i in range(UPLOAD_LIMIT)
     ]
     assert statuses == [201] + [200] * (UPLOAD_LIMIT - 1)  # the same bytes again: stored once
     for target in targets:  # the limit is spent, whichever instance is asked
-        response = upload(target, scaled_out.burst, data, "burst")
+        response = upload_to(target, data, "burst", headers=scaled_out.burst)
         assert response.status_code == 429, target
-    assert upload(scaled_out.b, scaled_out.writer, data, "burst").status_code == 200  # per caller
+    assert upload_to(scaled_out.b, data, "burst", headers=scaled_out.writer).status_code == 200  # per caller
     keys = redis.Redis.from_url(scaled_out.redis_url).keys("*throttle_upload*")
     assert any(b"burst" in key for key in keys), keys
 
@@ -235,7 +227,9 @@ def test_throttling_is_shared_through_redis(scaled_out: Topology) -> None:
 def test_killing_an_instance_loses_no_request_nginx_can_retry(scaled_out: Topology) -> None:
     """Last: it kills instance 2 (every process, as a crash would) while reads flow through nginx."""
     nginx = scaled_out.nginx
-    response = upload(scaled_out.a, scaled_out.writer, image_bytes("PNG", (200, 100), seed=6), "kill")
+    response = upload_to(
+        scaled_out.a, image_bytes("PNG", (200, 100), seed=6), "kill", headers=scaled_out.writer
+    )
     image_id = response.json()["image_id"]
     # Reads that always reach an instance: JSON, and bytes with a credential (never cached).
     reads = [
@@ -292,5 +286,5 @@ def test_killing_an_instance_loses_no_request_nginx_can_retry(scaled_out: Topolo
     assert retried, scaled_out.proxy.error_log.read_text()
     # Uploads go on too: nginx sends them to the live instance (the dead one never got them).
     for seed in (7, 8):
-        response = upload(nginx, scaled_out.writer, image_bytes("PNG", (8, 8), seed=seed), "after")
+        response = upload_to(nginx, image_bytes("PNG", (8, 8), seed=seed), "after", headers=scaled_out.writer)
         assert response.status_code == 201, response.text

@@ -9,105 +9,23 @@ import hashlib
 import random
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from threading import Barrier
 
-import pymongo
 import pytest
 import requests
 
 from tests import servers
-from tests.conftest import MODES
+from tests.helpers import TIMEOUT, UNTHROTTLED, Live, new_model_id, sha256, upload_to
 from tests.samples import image_bytes, noise_jpeg
 
-TIMEOUT = 30  # seconds, for every request: a hang fails the test instead of stalling the run
 OUTAGE_DEADLINE = 5  # seconds within which a request must get its 503 while MongoDB is down
-# All uploads come from 127.0.0.1, so the per-caller upload limit would couple the tests.
-UNTHROTTLED = {"THROTTLE_UPLOAD": ""}
-
-
-@dataclass
-class Live:
-    """A running service, with a way to look at what it stored behind the API."""
-
-    mode: str
-    url: str
-    data_dir: Path
-    mongo_db: pymongo.database.Database | None = None
-    served: servers.Served | None = None  # its processes
-
-    def blob_files(self, name: str) -> list[Path]:
-        """Published blob files called `name` (embedded mode), leaving out the `.tmp` staging area."""
-        blobs = self.data_dir / "blobs"
-        return [p for p in blobs.rglob(name) if p.is_file() and p.relative_to(blobs).parts[0] != ".tmp"]
-
-
-@contextmanager
-def store_env(
-    request: pytest.FixtureRequest, mode: str, data_dir: Path
-) -> Iterator[tuple[dict[str, str], pymongo.database.Database | None]]:
-    """The environment of a service of its own in `mode`, unthrottled; in Mongo mode, a database of
-    its own too (dropped afterwards), which is also returned, to look behind the API."""
-    env = {**UNTHROTTLED, "DATA_DIR": str(data_dir)}
-    if mode == "embedded":
-        yield env, None
-        return
-    uri, name = request.getfixturevalue("mongo_uri"), f"test_{uuid.uuid4().hex[:12]}"
-    # FerretDB on SQLite scans whole collections where MongoDB uses an index, so on a busy machine
-    # 20 concurrent uploads can outlast the default 4 s socket timeout; these tests are about
-    # behaviour, and the outage tests below check the timeouts on their own.
-    env.update(MONGO_URI=uri, MONGO_DB=name, MONGO_TIMEOUT_MS="10000")
-    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
-    try:
-        yield env, client[name]
-    finally:
-        client.drop_database(name)
-        client.close()
-
-
-@pytest.fixture(scope="module", params=MODES)
-def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """One service per mode for the whole module: starting gunicorn costs seconds."""
-    data_dir = tmp_path_factory.mktemp(f"service-{request.param}")
-    with store_env(request, request.param, data_dir) as (env, mongo_db):
-        env["MAX_UPLOAD_MB"] = "64"
-        with servers.served(env, data_dir / "service.log") as served:
-            yield Live(request.param, served.url, data_dir, mongo_db, served)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def new_model_id(prefix: str) -> str:
-    """Tests share a service, so each uses models of its own."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def upload(
-    url: str,
-    data: bytes,
-    model_id: str,
-    field: str = "file",
-    filename: str = "photo.jpg",
-    http: requests.Session | None = None,
-    timeout: float = TIMEOUT,
-) -> requests.Response:
-    """POST /upload the way the old clients do: multipart with the image and a model_id field."""
-    post = http.post if http is not None else requests.post
-    return post(
-        f"{url}/upload",
-        files={field: (filename, data, "application/octet-stream")},
-        data={"model_id": model_id},
-        timeout=timeout,
-    )
 
 
 @cache
@@ -130,7 +48,7 @@ def large_sample() -> bytes:
 def ranged(live: Live) -> tuple[str, bytes]:
     """The ranged sample, uploaded once per service; returns its image_id and bytes."""
     data = ranged_sample()
-    response = upload(live.url, data, new_model_id("ranged"))
+    response = upload_to(live.url, data, new_model_id("ranged"))
     assert response.status_code == 201, response.text
     return response.json()["image_id"], data
 
@@ -144,7 +62,7 @@ def test_old_client_flow(live: Live, field: str) -> None:
     data = image_bytes("JPEG", seed={"file": 1, "image": 2}[field])
     model_id = new_model_id("compat")
 
-    first = upload(live.url, data, model_id, field=field)
+    first = upload_to(live.url, data, model_id, field=field)
     assert first.status_code == 201, first.text
     assert first.headers["Content-Type"] == "application/json"
     created = first.json()
@@ -152,7 +70,7 @@ def test_old_client_flow(live: Live, field: str) -> None:
     assert created["sha256"] == sha256(data)
     assert created["size"] == len(data)
 
-    again = upload(live.url, data, model_id, field=field)
+    again = upload_to(live.url, data, model_id, field=field)
     assert again.status_code == 200, again.text
     assert again.json()["image_id"] == created["image_id"]
 
@@ -265,7 +183,7 @@ def test_large_upload_and_download_round_trip(live: Live) -> None:
     Deleted afterwards: the service is shared, and FerretDB scans every chunk for some queries.
     """
     data = large_sample()
-    created = upload(live.url, data, new_model_id("large"), timeout=120)
+    created = upload_to(live.url, data, new_model_id("large"), timeout=120)
     assert created.status_code == 201, created.text
     assert created.json()["size"] == len(data)
     image_url = f"{live.url}/images/{created.json()['image_id']}"
@@ -300,7 +218,7 @@ def test_concurrent_identical_uploads_store_one_image(live: Live) -> None:
 
     def send(model: str) -> requests.Response:
         start.wait(TIMEOUT)
-        return upload(live.url, data, model, timeout=2 * TIMEOUT)
+        return upload_to(live.url, data, model, timeout=2 * TIMEOUT)
 
     with ThreadPoolExecutor(2 * clients) as pool:
         same = [pool.submit(send, model_id) for _ in range(clients)]
@@ -351,7 +269,7 @@ def outage_requests(url: str, image_id: str) -> list[Callable[[], requests.Respo
     return [
         lambda: requests.get(f"{url}/images", timeout=TIMEOUT),
         lambda: requests.get(f"{url}/images/{image_id}/content", timeout=TIMEOUT),
-        lambda: upload(url, image_bytes("PNG", seed=7), new_model_id("outage")),
+        lambda: upload_to(url, image_bytes("PNG", seed=7), new_model_id("outage")),
     ]
 
 
@@ -443,7 +361,7 @@ class MixedTraffic:
         if kind == "model image":
             return http.get(f"{self.url}/image/{model_id}", timeout=TIMEOUT)
         if kind == "upload":
-            return upload(self.url, data, model_id, http=http)
+            return upload_to(self.url, data, model_id, http=http)
         if not mine:
             return None
         return http.delete(f"{self.url}/images/{mine.pop()}", timeout=TIMEOUT)
@@ -500,7 +418,7 @@ def test_mongo_outage_gives_503_then_recovers(tmp_path: Path, ferretdb_bin: Path
         stored = {}
         for seed in range(3):
             data, model_id = image_bytes("JPEG", seed=seed), new_model_id("outage")
-            created = upload(url, data, model_id)
+            created = upload_to(url, data, model_id)
             assert created.status_code == 201, created.text
             stored[created.json()["image_id"]] = (model_id, data)
         image_id = next(iter(stored))
@@ -578,7 +496,7 @@ def test_service_starts_while_mongo_is_unreachable(tmp_path: Path, ferretdb_bin:
                 lambda: requests.get(f"{url}/readyz", timeout=TIMEOUT).status_code == 200, 20, "MongoDB"
             )
             data, model_id = image_bytes("PNG", seed=8), new_model_id("late")
-            created = upload(url, data, model_id)
+            created = upload_to(url, data, model_id)
             assert created.status_code == 201, created.text
             assert requests.get(f"{url}/image/{model_id}", timeout=TIMEOUT).content == data
             listed = requests.get(f"{url}/images", timeout=TIMEOUT).json()

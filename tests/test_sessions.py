@@ -6,9 +6,8 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from images.gallery import CSP
+from tests.helpers import assert_error, auth, create_key, upload
 from tests.samples import image_bytes
-from tests.test_access import auth, create_key
-from tests.test_api import assert_error, upload
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from tests import servers
+from tests.helpers import TIMEOUT, new_model_id, upload_to
 from tests.samples import image_bytes
-from tests.test_server import TIMEOUT, new_model_id, upload
 
 SECONDS = 180
 CONNECTIONS = 32
@@ -103,7 +103,7 @@ class Client:
             new_data = image_bytes(
                 "PNG" if rng.random() < 0.5 else "JPEG", (96, 64), seed=rng.randrange(10**12)
             )
-            response = upload(self.url, new_data, new_model, http=http)
+            response = upload_to(self.url, new_data, new_model, http=http)
             if response.status_code == 201:
                 mine.append((response.json()["image_id"], new_model, new_data))
             return response, ok
@@ -125,7 +125,7 @@ def test_three_minutes_of_mixed_traffic_without_errors_or_memory_growth(tmp_path
         seeded = []
         for n in range(60):
             data, model_id = image_bytes("JPEG" if n % 2 else "PNG", (160, 120), seed=n), f"seed-{n % 6}"
-            response = upload(served.url, data, model_id)
+            response = upload_to(served.url, data, model_id)
             assert response.status_code == 201, response.text
             seeded.append((response.json()["image_id"], model_id, data))
 

@@ -4,35 +4,19 @@ The rest of the service only ever talks to `storages["images"]`, so it relies on
 properties: content-addressed names, whole-or-nothing writes, seekable reads and idempotent saves.
 """
 
-import hashlib
 import io
-import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.base import ContentFile
 
-GRIDFS_CHUNK = 255 * 1024
+from tests.helpers import GRIDFS_CHUNK, blob, name_of, untrack
+
 THREADS = 8
-
-
-def name_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    """Deterministic bytes that differ at every offset, so a misplaced read cannot match by luck."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def read_back(storage, name: str) -> bytes:
@@ -189,22 +173,6 @@ def test_a_reader_keeps_its_bytes_after_a_delete(store) -> None:
 # --- Pins: the blob's life (see images/storage.py) ------------------------------------------------
 
 HOLDERS = ["64a0aa000000000000000001", "64a0aa000000000000000002"]
-
-
-def untrack(store, name: str) -> None:
-    """Makes `name` look like a blob written before blobs kept pins."""
-    if store.mongo_db is not None:
-        store.mongo_db["fs.files"].update_many({"filename": name}, {"$unset": {"metadata": ""}})
-    else:
-        shutil.rmtree(store.storage._refs(name))
-
-
-def drop_pin(store, name: str, holder: str) -> None:
-    """Loses a pin without what unpin does after it: a pin lost to a crash or a restore."""
-    if store.mongo_db is not None:
-        store.mongo_db["fs.pins"].delete_one({"_id": f"{name}/{holder}"})
-    else:
-        (Path(store.storage._refs(name)) / holder).unlink()
 
 
 def test_a_blob_goes_with_its_last_pin(store) -> None:

@@ -16,9 +16,8 @@ import pytest
 import requests
 
 from tests import servers
-from tests.conftest import MODES
+from tests.helpers import MODES, TIMEOUT, store_env, upload_to
 from tests.samples import image_bytes
-from tests.test_server import TIMEOUT, store_env, upload
 
 SECONDS = 60
 CLIENTS = 8
@@ -55,7 +54,7 @@ class Traffic:
     def step(self, http: requests.Session, url: str, action: str, rng: random.Random) -> None:
         if action == "upload":
             data = rng.choice(CONTENTS)
-            response = upload(url, data, rng.choice(MODELS), http=http)
+            response = upload_to(url, data, rng.choice(MODELS), http=http)
             self.count(action, response.status_code, ok=(200, 201))
             if response.status_code in (200, 201):
                 with self.lock:
