@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from . import services
 from .auth import HasScope, allowed, caller_name
 from .documents import ImageRecord
-from .errors import InvalidRequest, error_body
+from .errors import error_body
 from .negotiation import LenientNegotiation
 from .pagination import COUNT_HEADER, next_link, parse_count, parse_cursor, parse_limit
 from .schema import (

@@ -20,8 +20,8 @@ from django.core.files.storage import storages
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 
-from images.derivatives import Spec
 from images.backend import get_backend
+from images.derivatives import Spec
 from images.documents import ImageRecord
 from images.storage import BlobFileSystemStorage
 from tests import servers
