@@ -381,7 +381,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     """
 
     LEFTOVER_KIND = "orphan_chunks"
-    CLOSING_STALE = timedelta(seconds=30)
+    CLOSING_STALE = timedelta(seconds=10)
     CHUNK_SIZE = 255 * 1024  # GridFS's default
     CHUNKS_PER_INSERT = 4  # about 1 MB in memory at a time, whatever the blob's size
     # The GridFS spec's indexes, as drivers create them.
@@ -505,30 +505,44 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     def _close(self, name: str) -> bool:
         """Deletes the blob if no pin holds it, under the name's closing mark; False if another
         closing holds the mark (it sees the same pins, and a closing that fails is fsck's)."""
+        mark = {"_id": name, "by": ObjectId()}
         for _ in range(50):
             try:
-                self.closing.insert_one({"_id": name, "at": datetime.now(UTC)})
+                self.closing.insert_one({**mark, "at": datetime.now(UTC)})
                 break
             except DuplicateKeyError:
                 time.sleep(0.01)
         else:
             return False
         try:
-            if self.pin_docs.find_one({"name": name}, {"_id": 1}) is not None:
-                return False
-            # Untracked copies (written before pins were kept) are never deleted here: see `track`.
-            for doc in self.files.find({"filename": name, "metadata.pinned": True}, {"_id": 1}):
-                self._delete_file(doc["_id"])
-            return True
-        finally:
-            self.closing.delete_one({"_id": name})
+            removed = self._delete_unpinned(name, mark)
+        except BaseException as failure:
+            # Quick when MongoDB was lost (the client's 503 waits on it); a mark left here is taken
+            # over once CLOSING_STALE old.
+            with contextlib.suppress(PyMongoError), mongo.cleanup_deadline(failure):
+                self.closing.delete_one(mark)
+            raise
+        self.closing.delete_one(mark)
+        return removed
+
+    def _delete_unpinned(self, name: str, mark: dict) -> bool:
+        if self.pin_docs.find_one({"name": name}, {"_id": 1}) is not None:
+            return False
+        # Untracked copies (written before pins were kept) are never deleted here: see `track`.
+        for doc in self.files.find({"filename": name, "metadata.pinned": True}, {"_id": 1}):
+            if self.closing.find_one(mark, {"_id": 1}) is None:
+                return False  # paused past CLOSING_STALE, and taken for dead: the blob stays
+            self._delete_file(doc["_id"])
+        return True
 
     def _wait_for_closing(self, name: str) -> None:
-        """Until the name's closing mark goes: a closing takes milliseconds, so a mark older than
-        CLOSING_STALE was left by a process that died while closing, and is removed."""
+        """Until the name's closing mark goes. A closing takes milliseconds, so a mark older than
+        CLOSING_STALE is taken for one left by a process that died while closing, and removed; a
+        closing that was only paused that long finds its mark gone before each delete, and stops.
+        That check and the delete after it are the design's one window of timing."""
         while (mark := self.closing.find_one({"_id": name})) is not None:
             if mark["at"] < datetime.now(UTC) - self.CLOSING_STALE:
-                self.closing.delete_one({"_id": name, "at": mark["at"]})
+                self.closing.delete_one({"_id": name, "by": mark.get("by")})
             else:
                 time.sleep(0.01)
 

@@ -186,3 +186,24 @@ def test_mongo_commands_per_operation_are_pinned(store, client, mongo_commands):
     image_id = shared and get_backend().records.find("m2", services.sha256_of(ContentFile(data))).image_id
     kept = count(lambda: client.delete(f"/images/{image_id}"))
     assert kept == ["find", "delete", "delete", "insert", "find", "delete"], kept
+
+
+@pytest.mark.parametrize("store", ["mongo"], indirect=True)
+def test_a_closing_mark_left_by_a_dead_process_is_taken_over(store):
+    """An unpin killed while it held a name's closing mark: the next pin of that name waits out
+    CLOSING_STALE, not forever, removes the mark and finds the blob still there (the dead closing
+    deleted nothing); a fresh mark is waited for instead."""
+    from datetime import UTC, datetime, timedelta
+
+    from bson import ObjectId
+
+    storage = store.storage
+    data = image_bytes("PNG", (30, 30), seed=9700)
+    name = services.sha256_of(ContentFile(data))
+    storage.save(name, ContentFile(data))
+    stale = datetime.now(UTC) - storage.CLOSING_STALE - timedelta(seconds=1)
+    storage.closing.insert_one({"_id": name, "by": ObjectId(), "at": stale})
+    assert storage.pin(name, "6b0000000000000000000002") is True
+    assert storage.closing.find_one({"_id": name}) is None
+    assert storage.unpin(name, "6b0000000000000000000002") is True
+    assert not storage.exists(name)
