@@ -13,7 +13,8 @@ to it, and no upload that was answered 2xx can lose its blob.* Every record hold
 makes fail. So the check "is it still needed?" and the removal cannot be split by an upload, which
 a standalone MongoDB (no multi-document transactions) could not otherwise promise. We chose pins
 kept with the blob over a sweeper that deletes after a grace period because a pin is exact: a delete
-frees the bytes at once, and no timing assumption guards an acknowledged upload.
+frees the bytes at once, and no grace period guards an acknowledged upload (the one window of timing
+left is a GridFS closing mark taken over as stale: see `GridFSStorage._wait_for_closing`).
 
 Pins live beside the blob: in GridFS, one document per pin in `<bucket>.pins`, and a closing mark
 per name in `<bucket>.closing` while an unpin decides (only inserts and deletes by `_id`, which are
