@@ -5,9 +5,9 @@ stores themselves, read them directly and still write through here).
 Reads of one record, a model's newest and a derivative's size go through the per-process hot cache
 (images/hotcache.py), whose entries the writes here forget in this process.
 
-Records and blobs are written in the order that survives a crash. Adding pins the blob (writing it
-first if need be), then writes the record: a crash in between leaves a pin without a record (fsck
-reclaims it), never a record without bytes. Removing deletes the record, then gives back its pin;
+Records and blobs are written in the order that survives a crash. Adding pins the blob's name,
+writes its bytes if they are new, then writes the record: a crash in between leaves a pin without a
+record (fsck reclaims it), never a record without bytes. Removing deletes the record, then gives back its pin;
 the blob goes with its last pin (see images/storage.py).
 """
 

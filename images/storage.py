@@ -162,10 +162,7 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
             exists = os.path.exists(self.path(name))
             if exists and not os.path.isdir(refs):
                 return True  # untracked: nothing unpins it away
-            os.makedirs(refs, exist_ok=True)
-            with open(os.path.join(refs, holder), "w"):
-                pass
-            _fsync_dir(refs)  # a pin lost in a crash could let another unpin remove the blob
+            _write_pin(refs, holder)
             return exists
 
     def unpin(self, name: str, holder: str) -> bool:
@@ -193,10 +190,7 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
     def track(self, name: str) -> None:
         with self._locked(name) as refs:
             if os.path.exists(self.path(name)) and not os.path.isdir(refs):
-                os.makedirs(refs)
-                with open(os.path.join(refs, TRACKING), "w"):
-                    pass
-                _fsync_dir(refs)
+                _write_pin(refs, TRACKING)
 
     def delete(self, name: str) -> None:
         """Removes the blob whatever pins it (derivatives have none); originals go through unpin."""
@@ -235,6 +229,15 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
             os.unlink(temp)
             raise
         _fsync_dir(os.path.dirname(final))
+
+
+def _write_pin(refs: str, holder: str) -> None:
+    """An empty file named by the holder in the blob's pins' folder, durable before it counts: a pin
+    lost in a crash could let another unpin remove the blob."""
+    os.makedirs(refs, exist_ok=True)
+    with open(os.path.join(refs, holder), "w"):
+        pass
+    _fsync_dir(refs)
 
 
 def _fsync_dir(path: str) -> None:
