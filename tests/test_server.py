@@ -421,7 +421,9 @@ def test_mongo_outage_gives_503_then_recovers(tmp_path: Path, ferretdb_bin: Path
             created = upload_to(url, data, model_id)
             assert created.status_code == 201, created.text
             stored[created.json()["image_id"]] = (model_id, data)
-        image_id = next(iter(stored))
+        # The outage probe reads an image that the traffic never reads, so no worker has it cached.
+        probe = upload_to(url, image_bytes("JPEG", seed=3), new_model_id("outage"))
+        assert probe.status_code == 201, probe.text
 
         with MixedTraffic(url, stored) as traffic:
             time.sleep(2)
@@ -429,7 +431,7 @@ def test_mongo_outage_gives_503_then_recovers(tmp_path: Path, ferretdb_bin: Path
             down = time.monotonic()
             assert requests.get(f"{url}/healthz", timeout=1).status_code == 200
             assert_unavailable(lambda: requests.get(f"{url}/readyz", timeout=TIMEOUT))
-            for call in outage_requests(url, image_id):
+            for call in outage_requests(url, probe.json()["image_id"]):
                 assert_unavailable(call)
             # Down long enough for each client to make a whole call meanwhile: the call under way at
             # `down + 0.5` ends within OUTAGE_DEADLINE, and so does the one after it.
