@@ -40,12 +40,14 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "images.observability.RequestObservationMiddleware",
+    # Before every middleware that can answer (body limits, WhiteNoise), so a browser on an allowed
+    # origin can read their refusals too, not only the views' (django-cors-headers asks for this).
+    "corsheaders.middleware.CorsMiddleware",
     # Before anything can read a body (the CSRF check parses POSTs): images/bodylimits.py.
     "images.bodylimits.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -280,7 +282,9 @@ SPECTACULAR_SETTINGS = {
 }
 
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
-# Browsers preflight these request headers: viewers (WebGL textures) fetch ranges and revalidate.
+# Browsers preflight these request headers: `Authorization` (keys, tokens) is among the defaults;
+# viewers (WebGL textures) fetch ranges and revalidate. No CORS_ALLOW_CREDENTIALS: cookies stay
+# first-party (the gallery's session), and other origins send keys or tokens.
 CORS_ALLOW_HEADERS = (
     *cors_default_headers,
     "range",
@@ -289,6 +293,9 @@ CORS_ALLOW_HEADERS = (
     "if-range",
     "x-request-id",
 )
+# Every response header the README or the schema tells a client to read, which a browser hides from
+# scripts on other origins unless it is listed (CORS-safelisted ones, such as Cache-Control, it never
+# hides). tests/test_browser_client.py compares this list with the schema's response headers.
 CORS_EXPOSE_HEADERS = [
     "ETag",
     "Content-Range",
@@ -296,6 +303,10 @@ CORS_EXPOSE_HEADERS = [
     "Content-Disposition",
     "Content-Length",
     "Link",
+    "Location",
+    "Retry-After",
+    "Vary",
+    "WWW-Authenticate",
     "X-Request-ID",
     "X-Total-Count",
 ]

@@ -2,10 +2,24 @@ from django.contrib import admin
 from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
+from drf_spectacular.renderers import (
+    OpenApiJsonRenderer,
+    OpenApiJsonRenderer2,
+    OpenApiYamlRenderer,
+    OpenApiYamlRenderer2,
+)
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from images import gallery, health
+from images.negotiation import SchemaNegotiation
 from images.observability import MetricsView
+
+# YAML by default, as drf-spectacular serves it; `?format=json` gives `application/json` (listed
+# before the `vnd.oai.openapi+json` one), which browsers show and every client parses.
+schema_view = SpectacularAPIView.as_view(
+    content_negotiation_class=SchemaNegotiation,
+    renderer_classes=[OpenApiYamlRenderer, OpenApiJsonRenderer2, OpenApiJsonRenderer, OpenApiYamlRenderer2],
+)
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -19,7 +33,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", MetricsView.as_view(), name="metrics"),
-    re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="api-schema"),
+    re_path(r"^api/schema/?$", schema_view, name="api-schema"),
     re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
 
