@@ -2,6 +2,7 @@
 
 `store` is parametrized over "embedded" (SQLite + files) and "mongo" (FerretDB, or the MongoDB at
 MONGO_TEST_URI). Mongo mode never silently disappears: under CI=true a missing server fails the run.
+`browser` is Debian's Chromium, driven by Playwright, for the browser tests (the gallery's, the client's).
 """
 
 import os
@@ -11,9 +12,22 @@ from pathlib import Path
 
 import pymongo
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from tests import servers
 from tests.helpers import MODES, Live, Store, store_env
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--test-third-party-cookie-phaseout",  # third-party cookies blocked, as more and more browsers do
+]
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +108,18 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         env["MAX_UPLOAD_MB"] = "64"
         with servers.served(env, data_dir / "service.log") as served:
             yield Live(request.param, served.url, data_dir, mongo_db, served)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium (the `chromium` package), with a fresh profile each launch. Missing, it
+    skips the tests, or fails them under CI=true, so CI never silently loses the browser tests."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: run scripts/test, which installs the chromium package"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -15,12 +15,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pymongo
 import pytest
 import requests
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from images.bulk import human_bytes
 from images.gallery import PAGE_SIZE
@@ -28,17 +27,6 @@ from tests import servers
 from tests.helpers import MODES, upload_to
 from tests.samples import image_bytes, noise_jpeg, rotated_jpeg
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--test-third-party-cookie-phaseout",  # third-party cookies blocked, as more and more browsers do
-]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 SHOTS = servers.ROOT / "artifacts" / "gallery"
@@ -87,21 +75,6 @@ def new_model_id(prefix: str) -> str:
 
 
 # --- Browser and services --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium (the `chromium` package), with a fresh profile each launch. Missing, it
-    skips the tests, or fails them under CI=true, so CI never silently loses the browser tests."""
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: run scripts/test, which installs the chromium package"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module", params=MODES)
