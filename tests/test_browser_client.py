@@ -118,9 +118,13 @@ def test_answers_and_refusals_carry_cors_headers(store, client, settings):
     assert preflight["Access-Control-Allow-Origin"] == ORIGIN
     assert "authorization" in preflight["Access-Control-Allow-Headers"]
     assert "Access-Control-Allow-Credentials" not in preflight  # cookies stay first-party
+    assert preflight["Access-Control-Max-Age"] == "86400"
     created = upload(client, image_bytes(), headers=origin)
     assert created.status_code == 201
     assert cors_headers(created) == (ORIGIN, {h.lower() for h in settings.CORS_EXPOSE_HEADERS})
+    content = client.get(created.json()["url"], headers=origin)
+    assert cors_headers(content)[0] == ORIGIN
+    assert content["Vary"].lower() == "origin"  # a cache keeps CORS and CORS-less copies apart
     too_large = client.post("/accounts/login/", {"username": "x" * 2048}, headers=origin)
     assert too_large.status_code == 413
     assert cors_headers(too_large)[0] == ORIGIN
