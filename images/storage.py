@@ -398,6 +398,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     FILES_INDEXES = [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)])]
     CHUNKS_INDEXES = [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)]
     PINS_INDEXES = [IndexModel([("name", ASCENDING)])]
+    DELETED_INDEXES = [IndexModel([("deleted_at", ASCENDING)])]  # `purge` looks for the due ones
 
     def __init__(
         self,
@@ -614,6 +615,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     def _delete_file(self, file_id: Any) -> None:
         """Its chunks are listed for a purge first, then the files document goes: cut off in
         between, the blob is still whole (an orphan for fsck), never chunks nobody will purge."""
+        mongo.ensure_indexes(self.deleted, self.DELETED_INDEXES)
         with contextlib.suppress(DuplicateKeyError):  # listed already by a concurrent delete
             self.deleted.insert_one({"_id": file_id, "deleted_at": datetime.now(UTC)})
         self.files.delete_one({"_id": file_id})
@@ -621,6 +623,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     def purge(self) -> None:
         """Deletes the chunks of the files deleted more than `purge_delay` ago."""
         due = datetime.now(UTC) - self.purge_delay
+        mongo.ensure_indexes(self.deleted, self.DELETED_INDEXES)
         for entry in self.deleted.find({"deleted_at": {"$lte": due}}, {"_id": 1}):
             # A files document still there means its delete was cut off: the blob stays whole.
             if self.files.find_one({"_id": entry["_id"]}, {"_id": 1}) is None:

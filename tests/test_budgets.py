@@ -6,6 +6,8 @@ is exact on FerretDB and on MONGO_TEST_URI's MongoDB alike. The README's Perform
 the same budgets: a change that adds a round trip must change both.
 """
 
+import os
+
 import pymongo
 import pytest
 from pymongo import monitoring
@@ -85,10 +87,10 @@ BUDGETS = {
 
 class CommandCounter(monitoring.CommandListener):
     def __init__(self) -> None:
-        self.commands: list[tuple[str, str]] = []
+        self.commands: list[dict] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.commands.append((event.command_name, str(event.command.get(event.command_name))))
+        self.commands.append(dict(event.command))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -107,21 +109,22 @@ def mongo_commands(store, monkeypatch, settings) -> CommandCounter:
     client.close()
 
 
-@pytest.mark.parametrize("store", ["mongo"], indirect=True)
-def test_each_operation_keeps_its_round_trip_budget(store, client, mongo_commands):
-    """Indexes are made once per process, so a first upload and derivative warm them up."""
+def sent_by_operation(client, counter: CommandCounter) -> dict[str, list[dict]]:
+    """Runs every operation of BUDGETS once; returns the commands each one sent. Indexes are made
+    once per process, so a first upload, derivative and delete warm them up."""
     warm = upload(client, image_bytes("PNG", (20, 20), seed=9600), model_id="warm-up").json()["image_id"]
     assert client.get(f"/images/{warm}/content?w=64").status_code == 200
+    assert client.delete(f"/images/{warm}").status_code == 204
     data = image_bytes("PNG", (20, 20), seed=9601)
     sent = {}
 
     def count(operation: str, action, status: int, cold: bool = True):
         if cold:
             hotcache.clear()
-        mongo_commands.commands.clear()
+        counter.commands.clear()
         response = action()
         assert response.status_code == status, (operation, response.content[:200])
-        sent[operation] = list(mongo_commands.commands)
+        sent[operation] = list(counter.commands)
         return response
 
     image_id = count("upload new", lambda: upload(client, data, model_id="m1"), 201).json()["image_id"]
@@ -137,5 +140,62 @@ def test_each_operation_keeps_its_round_trip_budget(store, client, mongo_command
     count("derivative hit, cold", lambda: client.get(f"{content}?w=64"), 200)
     count("delete, bytes shared", lambda: client.delete(f"/images/{shared}"), 204)
     count("delete, last", lambda: client.delete(f"/images/{image_id}"), 204)
+    return sent
+
+
+@pytest.mark.parametrize("store", ["mongo"], indirect=True)
+def test_each_operation_keeps_its_round_trip_budget(store, client, mongo_commands):
+    sent = sent_by_operation(client, mongo_commands)
     for operation, budget in BUDGETS.items():
-        assert sent[operation] == budget, (operation, sent[operation])
+        names = [(command_name(c), str(next(iter(c.values())))) for c in sent[operation]]
+        assert names == budget, (operation, names)
+
+
+# What a command sends besides the query itself: not part of what `explain` plans.
+SESSION_FIELDS = {"lsid", "$db", "$clusterTime", "$readPreference", "txnNumber", "autocommit"}
+PLANNED = {"find", "update", "delete", "distinct", "count", "aggregate"}
+
+
+def command_name(command: dict) -> str:
+    return next(iter(command))
+
+
+def winning_stages(explained: object) -> list[str]:
+    """Every stage of every winning plan in an explain answer, whatever its nesting."""
+    stages: list[str] = []
+
+    def walk(node: object, winning: bool) -> None:
+        if isinstance(node, dict):
+            if winning and isinstance(node.get("stage"), str):
+                stages.append(node["stage"])
+            for key, value in node.items():
+                walk(value, winning or key in ("winningPlan", "queryPlan"))
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, winning)
+
+    walk(explained, False)
+    return stages
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MONGO_TEST_URI"),
+    reason="needs MONGO_TEST_URI: FerretDB plans nothing but _id lookups, so its explain says nothing",
+)
+@pytest.mark.parametrize("store", ["mongo"], indirect=True)
+def test_every_query_of_the_budgeted_operations_uses_an_index(store, client, mongo_commands):
+    """On a real MongoDB, the queries behind the budgets are answered from indexes, never by a
+    collection scan: the budgets count round trips, this keeps each one cheap as data grows."""
+    sent = sent_by_operation(client, mongo_commands)
+    scans = []
+    for operation, commands in sent.items():
+        for command in commands:
+            if command_name(command) not in PLANNED:
+                continue
+            query = {k: v for k, v in command.items() if k not in SESSION_FIELDS}
+            explained = store.mongo_db.command("explain", query, verbosity="queryPlanner")
+            stages = winning_stages(explained)
+            assert stages, (operation, query, explained)
+            if "COLLSCAN" in stages:
+                scans.append((operation, query))
+    assert scans == []
