@@ -11,7 +11,7 @@ from .runner import MB, Result
 
 PEERS = ("nginx", "bare-django", "naive")
 COLUMNS = (
-    "scenario", "system", "conns", "req/s", "MB/s", "p50 ms", "p99 ms", "RSS +MB/conn",
+    "scenario", "system", "conns", "req/s", "MB/s", "p50 ms", "p99 ms", "CPU ms/req", "RSS +MB/conn",
     "x nginx", "x bare-django", "x naive", "others' CPU", "note",
 )  # fmt: skip
 
@@ -55,6 +55,7 @@ def rows(results: list[Result]) -> list[list[str]]:
                 f"{r.throughput:,.1f}",
                 f"{load.p50_ms:,.1f}",
                 f"{load.p99_ms:,.1f}",
+                f"{r.cpu_ms:.3f}" if r.cpu_ms else "",
                 f"{r.growth_per_connection:,.1f}",
                 *(ratio(results, r, kind) for kind in PEERS),
                 f"{100 * r.others_cpu:.0f}%",
@@ -156,13 +157,14 @@ def verdict_rows(verdicts: list[Verdict]) -> list[list[str]]:
             v.wanted,
             v.measured,
             {True: "met", False: "NOT MET", None: "not measured"}[v.met],
+            v.target.round_trips if "mongo" in v.system else "",
             v.target.note,
         ]
         for v in verdicts
     ]
 
 
-VERDICT_COLUMNS = ("scenario", "system", "target", "measured", "verdict", "note")
+VERDICT_COLUMNS = ("scenario", "system", "target", "measured", "verdict", "Mongo round trips", "note")
 
 
 def text_table(columns: tuple[str, ...], table: list[list[str]]) -> str:
@@ -254,6 +256,10 @@ NOTES = """\
 - Ratios compare requests/s with the same scenario on the peer (the naive peer on the same MongoDB where
   there is one); the targets on 10 MB compare MB/s.
 - Uploads give every request different bytes (a JPEG comment with a counter), so each one stores a blob.
+- "CPU ms/req" is the CPU time of the server's own processes (gunicorn's master and workers, or
+  nginx's; not FerretDB's) over the measured runs, divided by the requests they answered.
+- "Mongo round trips" are the commands that one request of the target's scenario sends to MongoDB,
+  as tests/test_budgets.py pins them (tests/budgets.py); a hot hit sends none.
 - "others' CPU" is the share of all cores that processes outside the benchmark (not the server, wrk,
   FerretDB or the bench itself) used during the measurement. Anything but a few % skews that row.
 - Listing runs one client at a time, so its p99 is the service's own time rather than queueing.

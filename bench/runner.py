@@ -39,6 +39,7 @@ class Result:
     baseline: int = 0  # RSS of the server tree before the scenario
     peak: int = 0  # highest RSS sampled during it
     others_cpu: float = 0.0  # share of all cores that processes outside the benchmark used meanwhile
+    cpu_ms: float = 0.0  # CPU time of the server's process tree per request, over the measured runs
     skipped: str = ""
 
     @property
@@ -150,11 +151,15 @@ class Matrix:
         result.baseline = watcher.rss()
         with watcher.watching():
             driver.wrk(url, scenario.connections, self.settings.warmup, headers, upload)
+            cpu = driver.cpu_seconds(watcher.tree())
             runs = [
                 driver.wrk(url, scenario.connections, self.settings.seconds, headers, upload)
                 for _ in range(self.settings.repeats)
             ]
+            cpu = driver.cpu_seconds(watcher.tree()) - cpu
         result.peak, result.others_cpu = watcher.peak, watcher.others_cpu
+        answered = sum(r.requests for r in runs)
+        result.cpu_ms = 1000 * cpu / answered if answered else 0.0
         runs.sort(key=lambda r: r.rate)
         result.load = runs[len(runs) // 2]
         if result.load.requests == 0:

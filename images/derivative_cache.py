@@ -38,17 +38,12 @@ def made(name: str, size: int) -> None:
     evict()
 
 
-def used(name: str) -> None:
-    """Records that a derivative (which exists) was asked for; one made before rows existed gets
-    its row now."""
+def used(name: str, size: int) -> None:
+    """Records that a derivative (which exists, of `size` bytes) was asked for; one made before
+    rows existed gets its row now."""
     backend, now = get_backend(), datetime.now(UTC)
-    if backend.derivative_uses.touch(name, now):
-        return
-    try:
-        size = backend.blobs.size(name)
-    except FileNotFoundError:
-        return  # removed meanwhile: the caller gets a 404 and may ask again
-    backend.derivative_uses.add(name, size, now)  # nothing if another worker just did
+    if not backend.derivative_uses.touch(name, now):
+        backend.derivative_uses.add(name, size, now)  # nothing if another worker just did
 
 
 def forget(name: str) -> None:

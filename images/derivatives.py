@@ -129,10 +129,16 @@ def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spe
 
 def ensure(record: ImageRecord, spec: Spec) -> str:
     """The derivative's blob name, made first if need be: by one worker, whoever else asks at once."""
+    return ensure_sized(record, spec)[0]
+
+
+def ensure_sized(record: ImageRecord, spec: Spec) -> tuple[str, int]:
+    """`ensure`, with the derivative's size: a hit asks the storage for the size alone, one round
+    trip where an `exists` and then a `size` took two in GridFS."""
     storage = get_backend().blobs
     name = spec.name(record.sha256)
     give_up = time.monotonic() + settings.DERIVATIVE_TIMEOUT + 5
-    while not storage.exists(name):
+    while (size := _size_if_stored(storage, name)) is None:
         with get_backend().leases.holding(name, settings.DERIVATIVE_TIMEOUT + 5) as mine:
             if mine and not storage.exists(name):
                 throttling.check_derive()  # a 429 for a caller past THROTTLE_DERIVE
@@ -145,12 +151,19 @@ def ensure(record: ImageRecord, spec: Spec) -> str:
                     storage.delete(name)
                     raise FileNotFoundError(record.sha256)
                 derivative_cache.made(name, len(data))
-                return name
+                return name, len(data)
         if time.monotonic() > give_up:
             raise StorageUnavailable("The derivative is still being made; retry shortly.")
         time.sleep(0.02)  # another worker is making it
-    derivative_cache.used(name)
-    return name
+    derivative_cache.used(name, size)
+    return name, size
+
+
+def _size_if_stored(storage: Storage, name: str) -> int | None:
+    try:
+        return storage.size(name)
+    except FileNotFoundError:
+        return None
 
 
 def _make(record: ImageRecord, spec: Spec) -> bytes:

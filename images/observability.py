@@ -72,40 +72,73 @@ class RequestObservationMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         started = time.perf_counter()
-        sent = request.headers.get("X-Request-ID", "")
-        request.id = sent if REQUEST_ID.match(sent) else uuid.uuid4().hex
+        request.id = request_id(request.META)
         response = self.get_response(request)
         response["X-Request-ID"] = request.id
-        elapsed = time.perf_counter() - started
         match = request.resolver_match
-        endpoint = match.url_name if match and match.url_name else "unmatched"
-        size = int(response.get("Content-Length") or 0)
-        REQUESTS.labels(endpoint, request.method, response.status_code).inc()
-        LATENCY.labels(endpoint).observe(elapsed)
-        if endpoint in BYTES_ENDPOINTS and response.status_code in (200, 206) and request.method == "GET":
-            BYTES_SERVED.inc(size)
-        if endpoint == "upload" and 400 <= response.status_code < 500:
-            UPLOADS_REFUSED.labels(getattr(response, "error_code", "unknown")).inc()
-        log.info(
-            "%s %s %s",
+        observe(
+            request.META,
             request.method,
             request.path,
+            match.url_name if match and match.url_name else "unmatched",
             response.status_code,
-            extra={
-                "fields": {
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status_code,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "bytes": size,
-                    "request_id": request.id,
-                    "image_id": getattr(request, "image_id", None),
-                    "client": client_name(request),
-                    "remote_addr": request.META.get("REMOTE_ADDR"),
-                }
-            },
+            int(response.get("Content-Length") or 0),
+            time.perf_counter() - started,
+            request_id=request.id,
+            image_id=getattr(request, "image_id", None),
+            client=client_name(request),
+            error_code=getattr(response, "error_code", "unknown"),
         )
         return response
+
+
+def request_id(environ: dict) -> str:
+    """The client's X-Request-ID when it is sane, else a new one."""
+    sent = environ.get("HTTP_X_REQUEST_ID", "")
+    return sent if REQUEST_ID.match(sent) else uuid.uuid4().hex
+
+
+def observe(
+    environ: dict,
+    method: str,
+    path: str,
+    endpoint: str,
+    status: int,
+    size: int,
+    elapsed: float,
+    *,
+    request_id: str,
+    image_id: str | None,
+    client: str | None,
+    error_code: str = "unknown",
+) -> None:
+    """Counts an answered request and writes its log line: for Django's answers (the middleware)
+    and for those that imageservice/wsgi.py sends again without Django."""
+    REQUESTS.labels(endpoint, method, status).inc()
+    LATENCY.labels(endpoint).observe(elapsed)
+    if endpoint in BYTES_ENDPOINTS and status in (200, 206) and method == "GET":
+        BYTES_SERVED.inc(size)
+    if endpoint == "upload" and 400 <= status < 500:
+        UPLOADS_REFUSED.labels(error_code).inc()
+    log.info(
+        "%s %s %s",
+        method,
+        path,
+        status,
+        extra={
+            "fields": {
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "bytes": size,
+                "request_id": request_id,
+                "image_id": image_id,
+                "client": client,
+                "remote_addr": environ.get("REMOTE_ADDR"),
+            }
+        },
+    )
 
 
 def client_name(request: HttpRequest) -> str | None:

@@ -78,7 +78,7 @@ def derivative_size(record: ImageRecord, spec: derivatives.Spec) -> int:
     by the record too, so that the same bytes uploaded again after a delete (which took the
     derivatives) are made anew."""
     key = hotcache.key("derivative", record.image_id, spec.name(record.sha256))
-    return hotcache.records.get(key, lambda: get_backend().blobs.size(derivatives.ensure(record, spec)))
+    return hotcache.records.get(key, lambda: derivatives.ensure_sized(record, spec)[1])
 
 
 def set_dimensions(image_id: str, width: int, height: int) -> None:
@@ -185,7 +185,7 @@ def hold_blob(storage: Storage, sha256: str, file: File, holder: str) -> None:
     they are not there yet. The pin comes first, so no delete of another record that shares these
     bytes can remove them before our record exists (see images/storage.py)."""
     if not storage.pin(sha256, holder):
-        storage.save(sha256, file)
+        storage.save_new(sha256, file)
 
 
 def release_blob(storage: Storage, sha256: str, holder: str) -> None:

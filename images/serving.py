@@ -164,6 +164,14 @@ def _bytes_response(request: HttpRequest, record: ImageRecord, cache_control: st
     return response
 
 
+def replayable(response: HttpResponseBase, body: str | None) -> HttpResponseBase:
+    """Marks an answer made from the hot caches alone, which imageservice/wsgi.py may send again for
+    the same request while those caches hold what it read; `body` names the blob whose whole bytes
+    are the body (None: no body)."""
+    response.replay_body = body
+    return response
+
+
 def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTABLE) -> HttpResponseBase:
     etag = f'"{blob.name}"'
     last_modified = int(blob.modified.timestamp())
@@ -184,7 +192,7 @@ def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTAB
             headers={"ETag": etag, "Cache-Control": "no-store"},
         )
     if conditional is not validators:
-        return conditional  # 304
+        return replayable(conditional, None)  # 304
 
     size = blob.size
     span = None
@@ -206,12 +214,13 @@ def blob_response(request: HttpRequest, blob: Blob, cache_control: str = IMMUTAB
     status = 206 if span else 200
 
     if request.method == "HEAD":
-        return HttpResponse(status=status, headers=headers, content_type=blob.content_type)
+        return replayable(HttpResponse(status=status, headers=headers, content_type=blob.content_type), None)
     if hotcache.blobs.fits(size):
         data = hotcache.blobs.get(blob.name, lambda: _read_whole(blob.name))
-        return HttpResponse(
+        response = HttpResponse(
             data[start : end + 1], status=status, headers=headers, content_type=blob.content_type
         )
+        return response if span else replayable(response, blob.name)
     file = get_backend().blobs.open(blob.name).file
     file.seek(start)
     reader = RangeReader(file, end - start + 1)

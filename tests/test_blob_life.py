@@ -10,9 +10,8 @@ import pymongo
 import pytest
 import requests
 from django.core.files.base import ContentFile
-from pymongo import monitoring
 
-from images import derivatives, mongo, services
+from images import derivatives, services
 from images.backend import get_backend
 from tests import servers
 from tests.helpers import (
@@ -139,53 +138,6 @@ def test_an_untracked_blob_is_tracked_by_fsck_then_freed_by_its_last_delete(stor
     assert set(store.storage.pins(a["sha256"])) == {b["image_id"]}
     assert client.delete(f"/images/{b['image_id']}").status_code == 204
     assert store.blob_names() == []
-
-
-class CommandCounter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-@pytest.fixture
-def mongo_commands(store, monkeypatch, settings) -> CommandCounter:
-    """Counts the commands the service sends to MongoDB, through its own client."""
-    counter = CommandCounter()
-    client = pymongo.MongoClient(settings.MONGO["URI"], tz_aware=True, event_listeners=[counter])
-    monkeypatch.setattr(mongo, "get_client", lambda: client)
-    yield counter
-    client.close()
-
-
-@pytest.mark.parametrize("store", ["mongo"], indirect=True)
-def test_mongo_commands_per_operation_are_pinned(store, client, mongo_commands):
-    """FerretDB is slow per round trip, so each operation's count is fixed here: a change that adds
-    one must say so. Indexes are made once per process, so a first upload warms them up."""
-    upload(client, image_bytes("PNG", (20, 20), seed=9600), model_id="warm-up")
-    data = image_bytes("PNG", (20, 20), seed=9601)
-
-    def count(action) -> list[str]:
-        mongo_commands.names.clear()
-        action()
-        return list(mongo_commands.names)
-
-    new = count(lambda: upload(client, data, model_id="m1"))
-    # find (model, sha256); pin: insert, closing?, exists?; save: exists?, chunks, files, other
-    # copies?; the record
-    assert new == ["find", "insert", "find", "find", "find", "insert", "insert", "find", "insert"], new
-    shared = count(lambda: upload(client, data, model_id="m2"))
-    assert shared == ["find", "insert", "find", "find", "insert"], shared
-    image_id = shared and get_backend().records.find("m2", services.sha256_of(ContentFile(data))).image_id
-    kept = count(lambda: client.delete(f"/images/{image_id}"))
-    assert kept == ["find", "delete", "delete", "insert", "find", "delete"], kept
 
 
 @pytest.mark.parametrize("store", ["mongo"], indirect=True)
