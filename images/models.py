@@ -15,6 +15,7 @@ class StoredImage(models.Model):
     uploaded_at = models.DateTimeField()
     # None, not "", for "nobody" (open mode), exactly as in MongoDB.
     uploaded_by = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    label = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001  (None: no label, as in MongoDB)
 
     class Meta:
         db_table = "images"
@@ -24,6 +25,9 @@ class StoredImage(models.Model):
         indexes = [
             models.Index(fields=["model_id", "-uploaded_at", "-image_id"], name="images_model_newest"),
             models.Index(fields=["-uploaded_at", "-image_id"], name="images_newest"),
+            models.Index(
+                fields=["model_id", "label", "-uploaded_at", "-image_id"], name="images_model_label_newest"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -18,7 +18,7 @@ from rest_framework import serializers
 from . import derivatives
 from .pagination import COUNT_HEADER, DEFAULT_LIMIT, MAX_LIMIT
 from .serializers import ImageSerializer
-from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE
+from .validation import LABEL_PATTERN, LABEL_RULE, MODEL_ID_PATTERN, MODEL_ID_RULE
 
 IMAGE_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 # Originals in their allowed types, derivatives in any output format.
@@ -183,6 +183,12 @@ MODEL_ID_PARAM = OpenApiParameter(
 MODEL_ID_FILTER = OpenApiParameter(
     "model_id", str, pattern=MODEL_ID_PATTERN, description="Only this model's images."
 )
+LABEL_FILTER = OpenApiParameter(
+    "label", str, pattern=LABEL_PATTERN, description=f"Only images with this label ({LABEL_RULE})."
+)
+LABEL_PICK = OpenApiParameter(
+    "label", str, pattern=LABEL_PATTERN, description="The newest image with this label instead."
+)
 PAGE = [
     OpenApiParameter(
         "limit",
@@ -274,7 +280,7 @@ COMMON_ERRORS = {
 }
 NO_IMAGE = {404: "There is no such image."}
 NO_MODEL = {404: "The model has no images."}
-BAD_PAGE = {400: "model_id, limit, cursor or count is not valid."}
+BAD_PAGE = {400: "model_id, label, limit, cursor or count is not valid."}
 
 
 def errors(*described: dict[int, str]) -> dict:

@@ -6,7 +6,14 @@ from rest_framework import serializers
 from rest_framework.fields import empty
 
 from .errors import InvalidRequest
-from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE, validate_model_id
+from .validation import (
+    LABEL_PATTERN,
+    LABEL_RULE,
+    MODEL_ID_PATTERN,
+    MODEL_ID_RULE,
+    validate_label,
+    validate_model_id,
+)
 
 
 class ImageSerializer(serializers.Serializer):
@@ -24,7 +31,13 @@ class ImageSerializer(serializers.Serializer):
     uploaded_by = serializers.CharField(
         allow_null=True, help_text="The API key's name or the token's `sub`; null in open mode."
     )
+    label = serializers.CharField(allow_null=True, help_text="Which view of the model this is; null if none.")
+    cover = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
+
+    def get_cover(self, record) -> bool:
+        """Whether the image is its model's chosen cover: the views pass the covers they looked up."""
+        return record.image_id in self.context.get("covers", ())
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_url(self, record) -> str:
@@ -63,6 +76,18 @@ class ModelIdField(serializers.RegexField):
         return validate_model_id(None if data is empty else data)
 
 
+class LabelField(serializers.RegexField):
+    """A label, checked by `validate_label` so that it fails with `invalid_label`; null clears it."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(LABEL_PATTERN, max_length=32, help_text=LABEL_RULE + ".", **kwargs)
+
+    def run_validation(self, data=empty) -> str | None:
+        if data is empty or (data is None and self.allow_null):
+            return super().run_validation(data)
+        return validate_label(data)
+
+
 # The upload's only parser (`ImageViewSet.upload`), so the form that the schema and the browsable API
 # show is the one the service checks; the file is checked first, then the model_id. (The docstring
 # is the schema's description.)
@@ -74,3 +99,10 @@ class UploadSerializer(serializers.Serializer):
         "called `image`, as some older clients send it."
     )
     model_id = ModelIdField()
+    label = LabelField(required=False)
+
+
+class LabelSerializer(serializers.Serializer):
+    """`PATCH /images/<image_id>`: the one field of a record that may change."""
+
+    label = LabelField(allow_null=True)

@@ -14,6 +14,7 @@ the blob goes with its last pin (see images/storage.py).
 import hashlib
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def find_record(image_id: str) -> ImageRecord | None:
-    """The record, from the hot cache when this process read it lately (a record never changes)."""
+    """The record, from the hot cache when this process read it lately (only its label changes, and
+    `set_label` forgets it here; other workers may show the old label for HOT_CACHE_SECONDS)."""
     return hotcache.records.get(hotcache.key("record", image_id), lambda: get_backend().records.get(image_id))
 
 
@@ -47,20 +49,34 @@ def find_by_content(model_id: str, sha256: str) -> ImageRecord | None:
     return get_backend().records.find(model_id, sha256)
 
 
-def newest_record(model_id: str) -> ImageRecord:
+def model_record(model_id: str, label: str | None = None) -> ImageRecord:
+    """What `GET /image/<model_id>` shows: the model's newest image (with `label`, the newest with
+    that label)."""
     records = hotcache.records.get(
-        hotcache.key("newest", model_id), lambda: get_backend().records.page(model_id, None, 1)
+        hotcache.key("newest", model_id, label),
+        lambda: get_backend().records.page(model_id, None, 1, label=label),
     )
     if not records:
-        raise NotFound(f"Model {model_id!r} has no images.")
+        with_label = f" with label {label!r}" if label is not None else ""
+        raise NotFound(f"Model {model_id!r} has no images{with_label}.")
     return records[0]
 
 
+def _forget_model(model_id: str, *labels: str | None) -> None:
+    """Forgets, in this process, what `model_record` answered for the model (and these labels)."""
+    for label in {None, *labels}:
+        hotcache.records.forget(hotcache.key("newest", model_id, label))
+
+
 def page(
-    model_id: str | None, after: Position | None, limit: int, matching: str | None = None
+    model_id: str | None,
+    after: Position | None,
+    limit: int,
+    matching: str | None = None,
+    label: str | None = None,
 ) -> list[ImageRecord]:
     """Up to `limit` records, newest first, after `after` (see documents.Documents.page)."""
-    return get_backend().records.page(model_id, after, limit, matching)
+    return get_backend().records.page(model_id, after, limit, matching, label)
 
 
 def count(model_id: str | None = None) -> int:
@@ -82,9 +98,19 @@ def derivative_size(record: ImageRecord, spec: derivatives.Spec) -> int:
 
 
 def set_dimensions(image_id: str, width: int, height: int) -> None:
-    """The one change a record gets (fsck --repair); this process's cached copy goes with it."""
+    """fsck --repair's change of a record; this process's cached copy goes with it."""
     get_backend().records.set_dimensions(image_id, width, height)
     hotcache.records.forget(hotcache.key("record", image_id))
+
+
+def set_label(image_id: str, label: str | None) -> ImageRecord:
+    """Sets or (None) clears an image's label; the record as it is now."""
+    before = get_backend().records.set_label(image_id, label)
+    if before is None:
+        raise NotFound(f"No image has image_id {image_id!r}.")
+    hotcache.records.forget(hotcache.key("record", image_id))
+    _forget_model(before.model_id, before.label, label)
+    return replace(before, label=label)
 
 
 def max_upload_bytes() -> int:
@@ -121,6 +147,7 @@ def add_image(
     uploaded_at: datetime | None = None,
     image_id: str | None = None,
     uploaded_by: str | None = None,
+    label: str | None = None,
 ) -> tuple[ImageRecord, bool]:
     """Stores `file` for `model_id`; returns the record and whether it is new.
 
@@ -140,6 +167,7 @@ def add_image(
         height=info.height,
         uploaded_at=uploaded_at or now(),
         uploaded_by=uploaded_by,
+        label=label,
     )
     # A concurrent upload of the same bytes for the same model may win the insert and then be
     # deleted before we read it: each round either stores ours or finds theirs, and two such
@@ -154,7 +182,7 @@ def add_image(
             raise InvalidRequest(f"image_id {image_id} belongs to another image.", code="image_id_taken")
     else:
         raise StorageUnavailable("The image was changed concurrently; retry.")
-    hotcache.records.forget(hotcache.key("newest", model_id))
+    _forget_model(model_id, label)
     with timed("base_save"):
         derivatives.keep_base(sha256, info.preview)
     IMAGES_STORED.inc()
@@ -204,7 +232,7 @@ def delete_image(image_id: str) -> ImageRecord | None:
             release_blob(backend.blobs, record.sha256, image_id)
     if record is not None:
         hotcache.records.forget(hotcache.key("record", image_id))
-        hotcache.records.forget(hotcache.key("newest", record.model_id))
+        _forget_model(record.model_id, record.label)
     return record
 
 

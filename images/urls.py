@@ -20,7 +20,11 @@ urlpatterns = [
     re_path(r"^upload/?$", images({"post": "upload"}), name="upload"),
     re_path(r"^images/?$", images({"get": "list"}), name="image-list"),
     re_path(rf"^image/{MODEL}/?$", images({"get": "model_image"}), name="model-image"),
-    re_path(rf"^images/{ID}/?$", images({"get": "retrieve", "delete": "destroy"}), name="image-detail"),
+    re_path(
+        rf"^images/{ID}/?$",
+        images({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
+        name="image-detail",
+    ),
     re_path(rf"^images/{ID}/content/?$", images({"get": "content"}), name="image-content"),
     re_path(rf"^models/{MODEL}/images/?$", images({"get": "model_images"}), name="model-images"),
 ]

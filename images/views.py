@@ -9,6 +9,7 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.exceptions import NotFound
+from rest_framework.parsers import JSONParser
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,6 +26,8 @@ from .schema import (
     BYTES_HEADERS,
     ERROR_HEADERS,
     IMAGE_ID_PARAM,
+    LABEL_FILTER,
+    LABEL_PICK,
     LISTED,
     MODEL_ID_FILTER,
     MODEL_ID_PARAM,
@@ -35,13 +38,14 @@ from .schema import (
     image_bytes,
     response_header,
 )
-from .serializers import ImageSerializer, UploadSerializer
+from .serializers import ImageSerializer, LabelSerializer, UploadSerializer
 from .serving import image_response
 from .throttling import ReadRateThrottle, UploadRateThrottle, answering
-from .validation import validate_model_id
+from .validation import validate_label, validate_model_id
 
-ACTION_SCOPES = {"upload": "write", "destroy": "admin"}  # every other action reads
+ACTION_SCOPES = {"upload": "write", "partial_update": "write", "destroy": "admin"}  # others read
 BYTES_ACTIONS = {"content", "model_image"}
+JSON_ACTIONS = {"partial_update"}  # the actions whose body is JSON; the upload's is multipart
 # Each action's name, in the schema and as the browsable API's page title (images/urls.py).
 SUMMARIES = {
     "upload": "Upload an image",
@@ -49,9 +53,16 @@ SUMMARIES = {
     "model_images": "List a model's images",
     "retrieve": "An image's metadata",
     "destroy": "Delete an image",
+    "partial_update": "Set or clear an image's label",
     "content": "An image's bytes",
     "model_image": "A model's newest image's bytes",
 }
+
+
+def label_filter(request: Request) -> str | None:
+    """The `?label=` a read narrows to, checked; None when there is none."""
+    label = request.query_params.get("label")
+    return None if label is None else validate_label(label)
 
 
 def note_image(request: Request, image_id: str) -> None:
@@ -70,6 +81,17 @@ class ImageViewSet(viewsets.ViewSet):
 
     def get_throttles(self):
         return [UploadRateThrottle() if self.action in ACTION_SCOPES else ReadRateThrottle()]
+
+    def get_parsers(self):
+        if getattr(self, "action", None) in JSON_ACTIONS:
+            return [JSONParser()]
+        return super().get_parsers()
+
+    def initialize_request(self, request, *args, **kwargs) -> Request:
+        # DRF picks the parsers before the viewset knows its action; pick them again now that it does.
+        request = super().initialize_request(request, *args, **kwargs)
+        request.parsers = self.get_parsers()
+        return request
 
     def get_renderers(self):
         if getattr(self, "action", None) in BYTES_ACTIONS:
@@ -107,7 +129,7 @@ class ImageViewSet(viewsets.ViewSet):
         summary=SUMMARIES["list"],
         description="Every image, or one model's, newest first, a page at a time.",
         tags=["images"],
-        parameters=[MODEL_ID_FILTER, *PAGE, *ERROR_HEADERS],
+        parameters=[MODEL_ID_FILTER, LABEL_FILTER, *PAGE, *ERROR_HEADERS],
         responses={200: LISTED, **errors(BAD_PAGE)},
     )
     def list(self, request: Request, model_id: str | None = None) -> Response:
@@ -116,8 +138,9 @@ class ImageViewSet(viewsets.ViewSet):
             model_id = request.query_params.get("model_id")
         if model_id is not None:
             validate_model_id(model_id)
+        label = label_filter(request)
         limit, after, count = parse_limit(request), parse_cursor(request), parse_count(request)
-        records = services.page(model_id, after, limit + 1)
+        records = services.page(model_id, after, limit + 1, label=label)
         if in_path and not records and after is None:
             raise NotFound(f"Model {model_id!r} has no images.")
         headers = {"Link": next_link(request, records[limit - 1])} if len(records) > limit else {}
@@ -131,7 +154,7 @@ class ImageViewSet(viewsets.ViewSet):
         summary=SUMMARIES["model_images"],
         description="As `GET /images?model_id=`, except that a model without images is a 404.",
         tags=["images"],
-        parameters=[MODEL_ID_PARAM, *PAGE, *ERROR_HEADERS],
+        parameters=[MODEL_ID_PARAM, LABEL_FILTER, *PAGE, *ERROR_HEADERS],
         responses={200: LISTED, **errors(BAD_PAGE, NO_MODEL)},
     )
     def model_images(self, request: Request, model_id: str) -> Response:
@@ -148,6 +171,25 @@ class ImageViewSet(viewsets.ViewSet):
     def retrieve(self, request: Request, image_id: str) -> Response:
         note_image(request, image_id)
         return self._json(request, services.get_record(image_id))
+
+    @extend_schema(
+        operation_id="set_image_label",
+        summary=SUMMARIES["partial_update"],
+        description="The label says which view of the model the image is (`front`, `side`, ...); "
+        "several images of a model may share one. `null` clears it.",
+        tags=["images"],
+        request=LabelSerializer,
+        parameters=[IMAGE_ID_PARAM, *ERROR_HEADERS],
+        responses={
+            200: OpenApiResponse(ImageSerializer, "The image's metadata, with its new label."),
+            **errors(NO_IMAGE, {400: 'The body is not `{"label": <label or null>}`.'}),
+        },
+    )
+    def partial_update(self, request: Request, image_id: str) -> Response:
+        note_image(request, image_id)
+        form = LabelSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        return self._json(request, services.set_label(image_id, form.validated_data["label"]))
 
     @extend_schema(
         operation_id="delete_image",
@@ -193,7 +235,8 @@ class ImageViewSet(viewsets.ViewSet):
         form = UploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         file, model_id = form.validated_data["file"], form.validated_data["model_id"]
-        record, created = services.add_image(file, model_id, uploaded_by=caller_name(request))
+        label = form.validated_data.get("label")
+        record, created = services.add_image(file, model_id, uploaded_by=caller_name(request), label=label)
         note_image(request, record.image_id)
         return self._json(
             request,
@@ -221,7 +264,7 @@ class ImageViewSet(viewsets.ViewSet):
         description="They change when a newer image arrives: caches keep them for MODEL_IMAGE_MAX_AGE "
         "seconds, then revalidate.",
         tags=["content"],
-        parameters=[MODEL_ID_PARAM, *BYTES_HEADERS],
+        parameters=[MODEL_ID_PARAM, LABEL_PICK, *BYTES_HEADERS],
         responses=image_bytes(
             "The model's newest image, or the derivative asked for.",
             BAD_DERIVATIVE,
@@ -231,7 +274,7 @@ class ImageViewSet(viewsets.ViewSet):
     )
     def model_image(self, request: Request, model_id: str):
         """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
-        record = services.newest_record(validate_model_id(model_id))
+        record = services.model_record(validate_model_id(model_id), label_filter(request))
         note_image(request, record.image_id)
         with answering(request):
             return image_response(request, record, f"public, max-age={settings.MODEL_IMAGE_MAX_AGE}")

@@ -62,12 +62,21 @@ class Store:
 
 
 def upload(
-    client, data: bytes, model_id: str | None = "m1", name: str = "a.jpg", field: str = "file", **extra
+    client,
+    data: bytes,
+    model_id: str | None = "m1",
+    name: str = "a.jpg",
+    field: str = "file",
+    label: str | None = None,
+    **extra,
 ):
-    """POST /upload as the old clients do; `extra` carries request headers (HTTP_AUTHORIZATION=...)."""
+    """POST /upload as the old clients do (with `label`, as new ones may); `extra` carries request
+    headers (HTTP_AUTHORIZATION=...)."""
     form = {field: SimpleUploadedFile(name, data, content_type="image/jpeg")}
     if model_id is not None:
         form["model_id"] = model_id
+    if label is not None:
+        form["label"] = label
     return client.post("/upload", form, **extra)
 
 
