@@ -77,3 +77,17 @@ class DerivativeUse(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Cover(models.Model):
+    """A model's chosen cover image (images/covers.py); Mongo mode keeps the same in `covers`."""
+
+    model_id = models.CharField(max_length=128, primary_key=True)
+    image_id = models.CharField(max_length=24)
+    set_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "covers"
+
+    def __str__(self) -> str:
+        return f"{self.model_id}: {self.image_id}"

@@ -106,3 +106,9 @@ class LabelSerializer(serializers.Serializer):
     """`PATCH /images/<image_id>`: the one field of a record that may change."""
 
     label = LabelField(allow_null=True)
+
+
+class CoverSerializer(serializers.Serializer):
+    """`PUT /models/<model_id>/cover`: which of the model's images represents it."""
+
+    image_id = serializers.CharField(help_text="One of the model's images.")

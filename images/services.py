@@ -50,16 +50,60 @@ def find_by_content(model_id: str, sha256: str) -> ImageRecord | None:
 
 
 def model_record(model_id: str, label: str | None = None) -> ImageRecord:
-    """What `GET /image/<model_id>` shows: the model's newest image (with `label`, the newest with
-    that label)."""
-    records = hotcache.records.get(
-        hotcache.key("newest", model_id, label),
-        lambda: get_backend().records.page(model_id, None, 1, label=label),
-    )
+    """What `GET /image/<model_id>` shows: the model's cover when it has one, else its newest image
+    (with `label`, the newest with that label). Kept in the hot cache like a record: the writes here
+    forget it in this process, other workers may show the previous one for HOT_CACHE_SECONDS."""
+    records = hotcache.records.get(hotcache.key("newest", model_id, label), lambda: _chosen(model_id, label))
     if not records:
         with_label = f" with label {label!r}" if label is not None else ""
         raise NotFound(f"Model {model_id!r} has no images{with_label}.")
     return records[0]
+
+
+def _chosen(model_id: str, label: str | None) -> list[ImageRecord]:
+    """The model's cover (unless a label is asked for), else its newest record: at most one."""
+    if label is None and (cover := cover_record(model_id)):
+        return [cover]
+    return get_backend().records.page(model_id, None, 1, label=label)
+
+
+def cover_record(model_id: str) -> ImageRecord | None:
+    """The model's cover's record. A cover whose image went meanwhile (a delete racing the PUT)
+    counts as none, so reads fall back to the newest."""
+    backend = get_backend()
+    image_id = backend.covers.get(model_id)
+    record = image_id and backend.records.get(image_id)
+    return record if record and record.model_id == model_id else None
+
+
+def set_cover(model_id: str, image_id: str) -> ImageRecord:
+    """Makes the model's image `image_id` its cover; the image must exist and be the model's."""
+    record = get_backend().records.get(image_id)
+    if record is None:
+        raise NotFound(f"No image has image_id {image_id!r}.")
+    if record.model_id != model_id:
+        raise InvalidRequest(
+            f"Image {image_id} belongs to model {record.model_id!r}, not {model_id!r}.",
+            code="image_of_another_model",
+        )
+    get_backend().covers.set(model_id, image_id)
+    _forget_model(model_id)
+    return record
+
+
+def clear_cover(model_id: str) -> bool:
+    """Clears the model's cover: its newest image shows again. Whether it had one."""
+    cleared = get_backend().covers.clear(model_id)
+    _forget_model(model_id)
+    return cleared
+
+
+def covers_among(records: list[ImageRecord]) -> set[str]:
+    """The image_ids of `records` that are their model's cover, in one query."""
+    if not records:
+        return set()
+    covers = get_backend().covers.many(sorted({r.model_id for r in records}))
+    return {r.image_id for r in records if covers.get(r.model_id) == r.image_id}
 
 
 def _forget_model(model_id: str, *labels: str | None) -> None:
@@ -223,12 +267,13 @@ def release_blob(storage: Storage, sha256: str, holder: str) -> None:
 
 
 def delete_image(image_id: str) -> ImageRecord | None:
-    """Deletes the record, then gives back its pin; None if it was not there (or another delete of
-    it won: exactly one caller gets the record)."""
+    """Deletes the record, clears the model's cover if it was this image, then gives back its pin;
+    None if it was not there (or another delete of it won: exactly one caller gets the record)."""
     backend = get_backend()
     with timed("delete"):
         record = backend.records.delete(image_id)
         if record is not None:
+            backend.covers.clear(record.model_id, image_id)  # if it was the cover
             release_blob(backend.blobs, record.sha256, image_id)
     if record is not None:
         hotcache.records.forget(hotcache.key("record", image_id))

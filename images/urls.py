@@ -13,7 +13,8 @@ MODEL = r"(?P<model_id>[^/]+)"
 def images(actions: dict[str, str]):
     """The viewset's actions at one URL, named after its main one: the browsable API's page title
     and breadcrumb."""
-    return views.ImageViewSet.as_view(actions, name=views.SUMMARIES[actions.get("get", actions.get("post"))])
+    main = next(iter(actions.values()))
+    return views.ImageViewSet.as_view(actions, name=views.SUMMARIES[actions.get("get", main)])
 
 
 urlpatterns = [
@@ -27,4 +28,9 @@ urlpatterns = [
     ),
     re_path(rf"^images/{ID}/content/?$", images({"get": "content"}), name="image-content"),
     re_path(rf"^models/{MODEL}/images/?$", images({"get": "model_images"}), name="model-images"),
+    re_path(
+        rf"^models/{MODEL}/cover/?$",
+        images({"put": "set_cover", "delete": "clear_cover"}),
+        name="model-cover",
+    ),
 ]

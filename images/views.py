@@ -38,14 +38,21 @@ from .schema import (
     image_bytes,
     response_header,
 )
-from .serializers import ImageSerializer, LabelSerializer, UploadSerializer
+from .serializers import CoverSerializer, ImageSerializer, LabelSerializer, UploadSerializer
 from .serving import image_response
 from .throttling import ReadRateThrottle, UploadRateThrottle, answering
 from .validation import validate_label, validate_model_id
 
-ACTION_SCOPES = {"upload": "write", "partial_update": "write", "destroy": "admin"}  # others read
+# Every other action reads.
+ACTION_SCOPES = {
+    "upload": "write",
+    "partial_update": "write",
+    "set_cover": "write",
+    "clear_cover": "write",
+    "destroy": "admin",
+}
 BYTES_ACTIONS = {"content", "model_image"}
-JSON_ACTIONS = {"partial_update"}  # the actions whose body is JSON; the upload's is multipart
+JSON_ACTIONS = {"partial_update", "set_cover"}  # the actions whose body is JSON; the upload's is multipart
 # Each action's name, in the schema and as the browsable API's page title (images/urls.py).
 SUMMARIES = {
     "upload": "Upload an image",
@@ -54,6 +61,8 @@ SUMMARIES = {
     "retrieve": "An image's metadata",
     "destroy": "Delete an image",
     "partial_update": "Set or clear an image's label",
+    "set_cover": "Set a model's cover",
+    "clear_cover": "Clear a model's cover",
     "content": "An image's bytes",
     "model_image": "A model's newest image's bytes",
 }
@@ -119,10 +128,12 @@ class ImageViewSet(viewsets.ViewSet):
         body = error_body("method_not_allowed", f'Method "{request.method}" not allowed. {detail}')
         return Response(body, status=status.HTTP_405_METHOD_NOT_ALLOWED)
 
-    def _json(self, request: Request, record: ImageRecord, **kwargs) -> Response:
+    def _json(self, request: Request, record: ImageRecord, new: bool = False, **kwargs) -> Response:
         # A plain dict: data that names its serializer makes the browsable API build the next
-        # upload form from ImageSerializer instead of UploadSerializer.
-        return Response(dict(ImageSerializer(record, context={"request": request}).data), **kwargs)
+        # upload form from ImageSerializer instead of UploadSerializer. A new image is no cover yet.
+        covers = set() if new else services.covers_among([record])
+        data = ImageSerializer(record, context={"request": request, "covers": covers}).data
+        return Response(dict(data), **kwargs)
 
     @extend_schema(
         operation_id="list_images",
@@ -146,7 +157,10 @@ class ImageViewSet(viewsets.ViewSet):
         headers = {"Link": next_link(request, records[limit - 1])} if len(records) > limit else {}
         if count:
             headers[COUNT_HEADER] = str(services.count(model_id))
-        data = ImageSerializer(records[:limit], many=True, context={"request": request}).data
+        covers = services.covers_among(records[:limit])
+        data = ImageSerializer(
+            records[:limit], many=True, context={"request": request, "covers": covers}
+        ).data
         return Response(data, headers=headers)
 
     @extend_schema(
@@ -190,6 +204,41 @@ class ImageViewSet(viewsets.ViewSet):
         form = LabelSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         return self._json(request, services.set_label(image_id, form.validated_data["label"]))
+
+    @extend_schema(
+        operation_id="set_model_cover",
+        summary=SUMMARIES["set_cover"],
+        description="The cover is the image that `GET /image/<model_id>` and the batch lookups give for "
+        "the model, instead of its newest. Deleting the image clears it.",
+        tags=["models"],
+        request=CoverSerializer,
+        parameters=[MODEL_ID_PARAM, *ERROR_HEADERS],
+        responses={
+            200: OpenApiResponse(ImageSerializer, "The cover's metadata."),
+            **errors(
+                {404: "There is no such image."},
+                {400: "model_id or the body is not valid, or the image is another model's."},
+            ),
+        },
+    )
+    def set_cover(self, request: Request, model_id: str) -> Response:
+        form = CoverSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        record = services.set_cover(validate_model_id(model_id), form.validated_data["image_id"])
+        note_image(request, record.image_id)
+        return self._json(request, record)
+
+    @extend_schema(
+        operation_id="clear_model_cover",
+        summary=SUMMARIES["clear_cover"],
+        description="The model's newest image shows again. Clearing a model without a cover does nothing.",
+        tags=["models"],
+        parameters=[MODEL_ID_PARAM, *ERROR_HEADERS],
+        responses={204: OpenApiResponse(description="Cleared."), **errors({400: "model_id is not valid."})},
+    )
+    def clear_cover(self, request: Request, model_id: str) -> Response:
+        services.clear_cover(validate_model_id(model_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
         operation_id="delete_image",
@@ -241,6 +290,7 @@ class ImageViewSet(viewsets.ViewSet):
         return self._json(
             request,
             record,
+            new=created,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
             headers={"Location": request.build_absolute_uri(f"/images/{record.image_id}")},
         )
@@ -266,14 +316,16 @@ class ImageViewSet(viewsets.ViewSet):
         tags=["content"],
         parameters=[MODEL_ID_PARAM, LABEL_PICK, *BYTES_HEADERS],
         responses=image_bytes(
-            "The model's newest image, or the derivative asked for.",
+            "The model's cover, else its newest image (with label, its newest with that label), or "
+            "the derivative asked for.",
             BAD_DERIVATIVE,
             {400: "model_id, or a derivative parameter, is not valid."},
             NO_MODEL,
         ),
     )
     def model_image(self, request: Request, model_id: str):
-        """The model's newest image: it changes when a newer one arrives, so caches revalidate soon."""
+        """The model's cover or newest image: it changes when a newer one arrives or the cover is set, so
+        caches revalidate soon."""
         record = services.model_record(validate_model_id(model_id), label_filter(request))
         note_image(request, record.image_id)
         with answering(request):

@@ -75,3 +75,74 @@ def test_patch_refusals(store, client, settings):
     writer = create_key("writer", "read,write")
     assert patch_label(client, image["image_id"], "top", **auth(writer)).status_code == 200
     assert [r.label for r in store.records()] == ["top"]
+
+
+# --- covers --------------------------------------------------------------------------------------
+
+
+def put_cover(client, model_id: str, image_id, **extra):
+    return client.put(
+        f"/models/{model_id}/cover",
+        json.dumps({"image_id": image_id}),
+        content_type="application/json",
+        **extra,
+    )
+
+
+def test_a_cover_is_what_the_model_shows_until_it_is_cleared(store, client):
+    first = upload(client, image_bytes(seed=1)).json()
+    upload(client, image_bytes(seed=2))
+    assert body(client.get("/image/m1")) == image_bytes(seed=2)  # cached now: the PUT must forget it
+    answer = put_cover(client, "m1", first["image_id"])
+    assert answer.status_code == 200, answer.content
+    assert answer.json() == {**first, "cover": True}
+    assert body(client.get("/image/m1")) == image_bytes(seed=1)
+    assert client.get(f"/images/{first['image_id']}").json()["cover"] is True
+    listed = client.get("/images").json() + client.get("/models/m1/images").json()
+    assert [m["cover"] for m in listed] == [False, True, False, True]
+    upload(client, image_bytes(seed=3))  # a newer image does not displace the cover
+    assert body(client.get("/image/m1")) == image_bytes(seed=1)
+    assert client.delete("/models/m1/cover").status_code == 204
+    assert body(client.get("/image/m1")) == image_bytes(seed=3)
+    assert client.get(f"/images/{first['image_id']}").json()["cover"] is False
+    assert client.delete("/models/m1/cover").status_code == 204  # none: nothing to do
+
+
+def test_a_label_read_ignores_the_cover(store, client):
+    cover = upload(client, image_bytes(seed=1), label="front").json()
+    upload(client, image_bytes(seed=2), label="front")
+    put_cover(client, "m1", cover["image_id"])
+    assert body(client.get("/image/m1?label=front")) == image_bytes(seed=2)
+
+
+def test_deleting_the_cover_image_clears_the_cover(store, client):
+    cover = upload(client, image_bytes(seed=1)).json()
+    upload(client, image_bytes(seed=2))
+    put_cover(client, "m1", cover["image_id"])
+    assert body(client.get("/image/m1")) == image_bytes(seed=1)
+    assert client.delete(f"/images/{cover['image_id']}").status_code == 204
+    assert body(client.get("/image/m1")) == image_bytes(seed=2)
+    if store.mongo_db is not None:
+        assert store.mongo_db["covers"].count_documents({}) == 0
+    else:
+        from images.models import Cover
+
+        assert not Cover.objects.exists()
+
+
+def test_cover_refusals_leave_the_cover_as_it_was(store, client):
+    mine = upload(client, image_bytes(seed=1)).json()
+    theirs = upload(client, image_bytes(seed=2), model_id="m2").json()
+    put_cover(client, "m1", mine["image_id"])
+    assert_error(put_cover(client, "m1", theirs["image_id"]), 400, "image_of_another_model")
+    assert_error(put_cover(client, "m1", "0" * 24), 404, "not_found")
+    assert_error(put_cover(client, "m1", "nope"), 404, "not_found")
+    assert_error(put_cover(client, "bad id", mine["image_id"]), 400, "invalid_model_id")
+    assert_error(put_cover(client, "m1", None), 400)
+    assert_error(client.put("/models/m1/cover", "{", content_type="application/json"), 400)
+    assert_error(client.delete("/models/bad%20id/cover"), 400, "invalid_model_id")
+    reader = create_key("reader", "read")
+    assert_error(put_cover(client, "m1", theirs["image_id"], **auth(reader)), 403)
+    assert_error(client.delete("/models/m1/cover", **auth(reader)), 403)
+    assert_error(put_cover(client, "m1", theirs["image_id"]), 401)
+    assert body(client.get("/image/m1")) == image_bytes(seed=1)

@@ -29,10 +29,13 @@ OPERATIONS = {
     ("/upload", "post"): "upload_image",
     ("/images", "get"): "list_images",
     ("/images/{image_id}", "get"): "get_image",
+    ("/images/{image_id}", "patch"): "set_image_label",
     ("/images/{image_id}", "delete"): "delete_image",
     ("/images/{image_id}/content", "get"): "get_image_content",
     ("/image/{model_id}", "get"): "get_model_image",
     ("/models/{model_id}/images", "get"): "list_model_images",
+    ("/models/{model_id}/cover", "put"): "set_model_cover",
+    ("/models/{model_id}/cover", "delete"): "clear_model_cover",
 }
 BYTES_OPERATIONS = ("get_image_content", "get_model_image")
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # as a browser asks
