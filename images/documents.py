@@ -17,7 +17,7 @@ from django.db.models.functions import RowNumber
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from . import mongo
 from .models import StoredImage
@@ -237,15 +237,31 @@ class MongoDocuments:
         )
 
     def newest_of(self, model_ids: list[str]) -> dict[str, ImageRecord]:
-        # One aggregation: the model_newest index gives each model's records newest first, and
-        # $group keeps the first of each.
-        pipeline = [
-            {"$match": {"model_id": {"$in": model_ids}, **CURRENT}},
-            {"$sort": {"model_id": 1, "uploaded_at": -1, "_id": -1}},
-            {"$group": {"_id": "$model_id", "doc": {"$first": "$$ROOT"}}},
-        ]
-        found = (self._record(group["doc"]) for group in self.collection.aggregate(pipeline))
-        return {record.model_id: record for record in found}
+        """One aggregation, in which MongoDB reads one index entry per model (model_newest). FerretDB
+        1.24 implements no `$first` (only `$count` and `$sum` accumulators): there, and once known in
+        this process, one find of the models' records instead, which reads all of them."""
+        match = {"model_id": {"$in": model_ids}, **CURRENT}
+        newest_first = [("model_id", 1), ("uploaded_at", -1), ("_id", -1)]
+        if self.collection.database.client not in _WITHOUT_FIRST:
+            pipeline = [
+                {"$match": match},
+                {"$sort": dict(newest_first)},
+                {"$group": {"_id": "$model_id", "doc": {"$first": "$$ROOT"}}},
+            ]
+            try:
+                return {g["_id"]: self._record(g["doc"]) for g in self.collection.aggregate(pipeline)}
+            except OperationFailure as exc:
+                if exc.code != NOT_IMPLEMENTED:
+                    raise
+                _WITHOUT_FIRST.add(self.collection.database.client)
+        newest: dict[str, ImageRecord] = {}
+        for doc in self.collection.find(match).sort(newest_first):
+            newest.setdefault(doc["model_id"], self._record(doc))
+        return newest
+
+
+NOT_IMPLEMENTED = 238  # MongoDB's error code, which FerretDB answers for what it lacks
+_WITHOUT_FIRST: set = set()  # the clients of servers without `$group`'s `$first` (see newest_of)
 
 
 class SQLDocuments:

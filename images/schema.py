@@ -17,8 +17,8 @@ from rest_framework import serializers
 
 from . import derivatives
 from .pagination import COUNT_HEADER, DEFAULT_LIMIT, MAX_LIMIT
-from .serializers import ImageSerializer
-from .validation import LABEL_PATTERN, LABEL_RULE, MODEL_ID_PATTERN, MODEL_ID_RULE
+from .serializers import ImageSerializer, ModelsSerializer
+from .validation import LABEL_PATTERN, LABEL_RULE, MAX_MODELS, MODEL_ID_PATTERN, MODEL_ID_RULE
 
 IMAGE_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 # Originals in their allowed types, derivatives in any output format.
@@ -183,6 +183,17 @@ MODEL_ID_PARAM = OpenApiParameter(
 MODEL_ID_FILTER = OpenApiParameter(
     "model_id", str, pattern=MODEL_ID_PATTERN, description="Only this model's images."
 )
+MODEL_ID_LIST = {"type": "string", "pattern": MODEL_ID_PATTERN}
+MODEL_IDS_PARAM = OpenApiParameter(
+    "model_id",
+    {"type": "array", "items": MODEL_ID_LIST, "minItems": 1, "maxItems": MAX_MODELS},
+    required=True,
+    explode=True,
+    description=f"The models, repeated: `?model_id=a&model_id=b` (up to {MAX_MODELS}).",
+)
+MODEL_IDS_BODY = {
+    "application/json": {"type": "array", "items": MODEL_ID_LIST, "minItems": 1, "maxItems": MAX_MODELS}
+}
 LABEL_FILTER = OpenApiParameter(
     "label", str, pattern=LABEL_PATTERN, description=f"Only images with this label ({LABEL_RULE})."
 )
@@ -306,3 +317,5 @@ def image_bytes(description: str, *described_errors: dict[int, str]) -> dict:
 
 
 LISTED = OpenApiResponse(ImageSerializer(many=True), "Images, newest first.")
+MODELS_FOUND = OpenApiResponse(ModelsSerializer, "The models' images.")
+BAD_MODELS = {400: f"No model_id, more than {MAX_MODELS}, or one that is not valid."}

@@ -44,6 +44,32 @@ class ImageSerializer(serializers.Serializer):
         return self.context["request"].build_absolute_uri(f"/images/{record.image_id}/content")
 
 
+class ModelImageSerializer(ImageSerializer):
+    """A model's image in a batch lookup: its metadata, with a thumbnail's URL beside the original's."""
+
+    thumb = serializers.SerializerMethodField()
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_thumb(self, record) -> str:
+        return f"{self.get_url(record)}?preset={thumb_preset()}"
+
+
+class ModelsSerializer(serializers.Serializer):
+    """A batch lookup's answer: an object, so that a client reads `models[model_id]`."""
+
+    models = serializers.DictField(
+        child=ModelImageSerializer(allow_null=True),
+        help_text="Each model_id asked for, in that order: its cover (else newest) image, or null "
+        "when it has no images.",
+    )
+
+
+def thumb_preset() -> str:
+    """The derivative preset that batch lookups link as `thumb`: `thumb`, else the smallest."""
+    presets = settings.DERIVATIVE_PRESETS
+    return "thumb" if "thumb" in presets else min(presets, key=presets.get)
+
+
 class OneFileField(serializers.FileField):
     """The uploaded image: exactly one file, sent as `file` or as `image` (an older client's name for
     it). Form fields that are not files do not count, as they never did."""

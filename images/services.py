@@ -98,6 +98,23 @@ def clear_cover(model_id: str) -> bool:
     return cleared
 
 
+def model_records(model_ids: list[str]) -> tuple[dict[str, ImageRecord | None], set[str]]:
+    """Each model's cover, else its newest record (None for a model without images), and the
+    image_ids that are covers: in one round of queries whatever the number of models, namely the
+    covers (one `_id $in`), their records (one `_id $in`) and the newest of the others (one query)."""
+    backend = get_backend()
+    covers = backend.covers.many(model_ids)
+    chosen = {
+        record.model_id: record
+        for record in (backend.records.get_many(list(covers.values())) if covers else [])
+        if covers.get(record.model_id) == record.image_id
+    }
+    cover_ids = {record.image_id for record in chosen.values()}
+    if rest := [m for m in model_ids if m not in chosen]:
+        chosen |= backend.records.newest_of(rest)
+    return {m: chosen.get(m) for m in model_ids}, cover_ids
+
+
 def covers_among(records: list[ImageRecord]) -> set[str]:
     """The image_ids of `records` that are their model's cover, in one query."""
     if not records:

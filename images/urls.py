@@ -28,6 +28,8 @@ urlpatterns = [
     ),
     re_path(rf"^images/{ID}/content/?$", images({"get": "content"}), name="image-content"),
     re_path(rf"^models/{MODEL}/images/?$", images({"get": "model_images"}), name="model-images"),
+    re_path(r"^models/?$", images({"get": "models"}), name="models"),
+    re_path(r"^models/lookup/?$", images({"post": "lookup"}), name="models-lookup"),
     re_path(
         rf"^models/{MODEL}/cover/?$",
         images({"put": "set_cover", "delete": "clear_cover"}),

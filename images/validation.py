@@ -50,6 +50,16 @@ def validate_model_id(value: object) -> str:
     return value
 
 
+MAX_MODELS = 100  # per batch lookup: one round of queries, whatever the number
+
+
+def validate_model_ids(values: object) -> list[str]:
+    """A batch lookup's model_ids: 1 to MAX_MODELS valid ones, each once, in the order given."""
+    if not isinstance(values, list) or not 1 <= len(values) <= MAX_MODELS:
+        raise InvalidRequest(f"Send a list of 1 to {MAX_MODELS} model_ids.", code="invalid_model_ids")
+    return list(dict.fromkeys(validate_model_id(value) for value in values))
+
+
 def validate_label(value: object) -> str:
     if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
         raise InvalidRequest(LABEL_RULE, code="invalid_label")

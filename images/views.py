@@ -22,6 +22,7 @@ from .negotiation import LenientNegotiation
 from .pagination import COUNT_HEADER, next_link, parse_count, parse_cursor, parse_limit
 from .schema import (
     BAD_DERIVATIVE,
+    BAD_MODELS,
     BAD_PAGE,
     BYTES_HEADERS,
     ERROR_HEADERS,
@@ -31,6 +32,9 @@ from .schema import (
     LISTED,
     MODEL_ID_FILTER,
     MODEL_ID_PARAM,
+    MODEL_IDS_BODY,
+    MODEL_IDS_PARAM,
+    MODELS_FOUND,
     NO_IMAGE,
     NO_MODEL,
     PAGE,
@@ -38,10 +42,16 @@ from .schema import (
     image_bytes,
     response_header,
 )
-from .serializers import CoverSerializer, ImageSerializer, LabelSerializer, UploadSerializer
+from .serializers import (
+    CoverSerializer,
+    ImageSerializer,
+    LabelSerializer,
+    ModelImageSerializer,
+    UploadSerializer,
+)
 from .serving import image_response
 from .throttling import ReadRateThrottle, UploadRateThrottle, answering
-from .validation import validate_label, validate_model_id
+from .validation import MAX_MODELS, validate_label, validate_model_id, validate_model_ids
 
 # Every other action reads.
 ACTION_SCOPES = {
@@ -52,7 +62,11 @@ ACTION_SCOPES = {
     "destroy": "admin",
 }
 BYTES_ACTIONS = {"content", "model_image"}
-JSON_ACTIONS = {"partial_update", "set_cover"}  # the actions whose body is JSON; the upload's is multipart
+JSON_ACTIONS = {
+    "partial_update",
+    "set_cover",
+    "lookup",
+}  # the actions whose body is JSON; the upload's is multipart
 # Each action's name, in the schema and as the browsable API's page title (images/urls.py).
 SUMMARIES = {
     "upload": "Upload an image",
@@ -62,6 +76,8 @@ SUMMARIES = {
     "destroy": "Delete an image",
     "partial_update": "Set or clear an image's label",
     "set_cover": "Set a model's cover",
+    "models": "Look up several models' images",
+    "lookup": "Look up a long list of models' images",
     "clear_cover": "Clear a model's cover",
     "content": "An image's bytes",
     "model_image": "A model's newest image's bytes",
@@ -239,6 +255,37 @@ class ImageViewSet(viewsets.ViewSet):
     def clear_cover(self, request: Request, model_id: str) -> Response:
         services.clear_cover(validate_model_id(model_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _models(self, request: Request, model_ids: object) -> Response:
+        records, covers = services.model_records(validate_model_ids(model_ids))
+        context = {"request": request, "covers": covers}
+        found = {m: r and ModelImageSerializer(r, context=context).data for m, r in records.items()}
+        return Response({"models": found})
+
+    @extend_schema(
+        operation_id="lookup_models",
+        summary=SUMMARIES["models"],
+        description=f"Each model's cover, else its newest image, with a `thumb` URL, in one round of "
+        f"queries: up to {MAX_MODELS} models. A model without images maps to `null`.",
+        tags=["models"],
+        parameters=[MODEL_IDS_PARAM, *ERROR_HEADERS],
+        responses={200: MODELS_FOUND, **errors(BAD_MODELS)},
+    )
+    def models(self, request: Request) -> Response:
+        return self._models(request, request.query_params.getlist("model_id"))
+
+    @extend_schema(
+        operation_id="lookup_models_post",
+        summary=SUMMARIES["lookup"],
+        description=f"As `GET /models`, for lists too long for a URL: the body is a JSON list of up to "
+        f"{MAX_MODELS} model_ids. It only reads.",
+        tags=["models"],
+        request=MODEL_IDS_BODY,
+        parameters=[*ERROR_HEADERS],
+        responses={200: MODELS_FOUND, **errors(BAD_MODELS)},
+    )
+    def lookup(self, request: Request) -> Response:
+        return self._models(request, request.data)
 
     @extend_schema(
         operation_id="delete_image",

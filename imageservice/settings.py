@@ -157,7 +157,8 @@ STORAGES = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "tmp")
 FILE_UPLOAD_PERMISSIONS = 0o644
-DATA_UPLOAD_MAX_NUMBER_FIELDS = env.int("MAX_FORM_FIELDS", default=20)
+# Query parameters count too: GET /models takes up to 100 model_id parameters (images/validation.py).
+DATA_UPLOAD_MAX_NUMBER_FIELDS = env.int("MAX_FORM_FIELDS", default=110)
 DATA_UPLOAD_MAX_NUMBER_FILES = env.int("MAX_FORM_FILES", default=2)
 # Slow clients (imageservice/workers.py): a request's head must arrive within CLIENT_TIMEOUT seconds,
 # and its body, after that much grace, at MIN_UPLOAD_RATE_KB KiB/s on average, or it gets a 408.

@@ -19,6 +19,7 @@ import requests
 from django.core.files.storage import storages
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from pymongo import monitoring
 
 from images.backend import get_backend
 from images.derivatives import Spec
@@ -231,3 +232,19 @@ def drop_pin(store, name: str, holder: str) -> None:
         store.mongo_db["fs.pins"].delete_one({"_id": f"{name}/{holder}"})
     else:
         (Path(store.storage._refs(name)) / holder).unlink()
+
+
+class CommandCounter(monitoring.CommandListener):
+    """The names of the commands a MongoClient sends (the `mongo_commands` fixture)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass

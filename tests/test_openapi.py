@@ -34,6 +34,8 @@ OPERATIONS = {
     ("/images/{image_id}/content", "get"): "get_image_content",
     ("/image/{model_id}", "get"): "get_model_image",
     ("/models/{model_id}/images", "get"): "list_model_images",
+    ("/models", "get"): "lookup_models",
+    ("/models/lookup", "post"): "lookup_models_post",
     ("/models/{model_id}/cover", "put"): "set_model_cover",
     ("/models/{model_id}/cover", "delete"): "clear_model_cover",
 }
