@@ -15,7 +15,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from PIL import Image
 from rest_framework import serializers
 
-from . import derivatives
+from . import derivatives, signing
 from .pagination import COUNT_HEADER, DEFAULT_LIMIT, MAX_LIMIT
 from .serializers import ImageSerializer, ModelsSerializer
 from .validation import LABEL_PATTERN, LABEL_RULE, MAX_MODELS, MODEL_ID_PATTERN, MODEL_ID_RULE
@@ -194,6 +194,25 @@ MODEL_IDS_PARAM = OpenApiParameter(
 MODEL_IDS_BODY = {
     "application/json": {"type": "array", "items": MODEL_ID_LIST, "minItems": 1, "maxItems": MAX_MODELS}
 }
+TTL_PARAM = OpenApiParameter(
+    "ttl",
+    {"type": "integer", "minimum": 1, "maximum": signing.MAX_TTL, "default": signing.DEFAULT_TTL},
+    description="How long the signed URL works, in seconds.",
+)
+SIGNED_PRESET_PARAM = OpenApiParameter(
+    "preset",
+    {"type": "string", "enum": list(settings.DERIVATIVE_PRESETS)},
+    description="Sign the URL of this derivative preset instead of the original's.",
+)
+SIGNED = [
+    OpenApiParameter(
+        "signed",
+        {"type": "boolean", "default": False},
+        description="`true` adds `signed_urls` to each image: its original's and its presets' URLs, "
+        "which work without credentials for `ttl` seconds.",
+    ),
+    TTL_PARAM,
+]
 LABEL_FILTER = OpenApiParameter(
     "label", str, pattern=LABEL_PATTERN, description=f"Only images with this label ({LABEL_RULE})."
 )

@@ -5,6 +5,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
+from . import signing
 from .errors import InvalidRequest
 from .validation import (
     LABEL_PATTERN,
@@ -34,6 +35,29 @@ class ImageSerializer(serializers.Serializer):
     label = serializers.CharField(allow_null=True, help_text="Which view of the model this is; null if none.")
     cover = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
+    signed_urls = serializers.SerializerMethodField(
+        help_text="Only with `?signed=true`: URLs of the original and of each preset that work without "
+        "credentials until they expire (`?ttl=` seconds, default 3600)."
+    )
+
+    def to_representation(self, record) -> dict:
+        data = super().to_representation(record)
+        if "signed_ttl" not in self.context:
+            del data["signed_urls"]  # opt-in: signing every record costs time
+        return data
+
+    @extend_schema_field(
+        {"type": "object", "additionalProperties": {"type": "string", "format": "uri"}, "readOnly": True}
+    )
+    def get_signed_urls(self, record) -> dict[str, str]:
+        if (ttl := self.context.get("signed_ttl")) is None:
+            return {}  # left out by to_representation
+        build = self.context["request"].build_absolute_uri
+        path = f"/images/{record.image_id}/content"
+        urls = {"original": build(signing.sign(path, {}, ttl)[0])}
+        for preset in settings.DERIVATIVE_PRESETS:
+            urls[preset] = build(signing.sign(path, {"preset": preset}, ttl)[0])
+        return urls
 
     def get_cover(self, record) -> bool:
         """Whether the image is its model's chosen cover: the views pass the covers they looked up."""
@@ -138,3 +162,12 @@ class CoverSerializer(serializers.Serializer):
     """`PUT /models/<model_id>/cover`: which of the model's images represents it."""
 
     image_id = serializers.CharField(help_text="One of the model's images.")
+
+
+class SignedUrlSerializer(serializers.Serializer):
+    """`GET /images/<image_id>/signed-url`: a URL of the bytes that needs no credential until `expires_at`."""
+
+    url = serializers.URLField(
+        help_text="The content URL with `exp` and `sig`; any change to it makes it fail."
+    )
+    expires_at = serializers.DateTimeField()

@@ -5,7 +5,11 @@ DRF would answer 406 before the view runs when a browser's `Accept: image/webp,.
 renderer; `LenientNegotiation` falls back to JSON instead, and the bytes actions only render errors.
 """
 
+from datetime import UTC, datetime
+
 from django.conf import settings
+from django.http import QueryDict
+from django.utils.http import urlencode
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.exceptions import NotFound
@@ -14,10 +18,10 @@ from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from . import services
+from . import derivatives, services, signing
 from .auth import HasScope, allowed, caller_name
 from .documents import ImageRecord
-from .errors import error_body
+from .errors import InvalidRequest, error_body
 from .negotiation import LenientNegotiation
 from .pagination import COUNT_HEADER, next_link, parse_count, parse_cursor, parse_limit
 from .schema import (
@@ -38,6 +42,9 @@ from .schema import (
     NO_IMAGE,
     NO_MODEL,
     PAGE,
+    SIGNED,
+    SIGNED_PRESET_PARAM,
+    TTL_PARAM,
     errors,
     image_bytes,
     response_header,
@@ -47,6 +54,7 @@ from .serializers import (
     ImageSerializer,
     LabelSerializer,
     ModelImageSerializer,
+    SignedUrlSerializer,
     UploadSerializer,
 )
 from .serving import image_response
@@ -78,10 +86,23 @@ SUMMARIES = {
     "set_cover": "Set a model's cover",
     "models": "Look up several models' images",
     "lookup": "Look up a long list of models' images",
+    "signed_url": "A signed URL of an image's bytes",
     "clear_cover": "Clear a model's cover",
     "content": "An image's bytes",
     "model_image": "A model's newest image's bytes",
 }
+
+
+def serializer_context(request: Request, covers: set[str]) -> dict:
+    """What ImageSerializer needs: the request, the covers among the records, and, with
+    `?signed=true`, how long their signed URLs last."""
+    context = {"request": request, "covers": covers}
+    signed = request.query_params.get("signed", "false")
+    if signed not in ("true", "false"):
+        raise InvalidRequest("signed must be true or false.", code="invalid_signed")
+    if signed == "true":
+        context["signed_ttl"] = signing.parse_ttl(request.query_params)
+    return context
 
 
 def label_filter(request: Request) -> str | None:
@@ -148,7 +169,7 @@ class ImageViewSet(viewsets.ViewSet):
         # A plain dict: data that names its serializer makes the browsable API build the next
         # upload form from ImageSerializer instead of UploadSerializer. A new image is no cover yet.
         covers = set() if new else services.covers_among([record])
-        data = ImageSerializer(record, context={"request": request, "covers": covers}).data
+        data = ImageSerializer(record, context=serializer_context(request, covers)).data
         return Response(dict(data), **kwargs)
 
     @extend_schema(
@@ -156,7 +177,7 @@ class ImageViewSet(viewsets.ViewSet):
         summary=SUMMARIES["list"],
         description="Every image, or one model's, newest first, a page at a time.",
         tags=["images"],
-        parameters=[MODEL_ID_FILTER, LABEL_FILTER, *PAGE, *ERROR_HEADERS],
+        parameters=[MODEL_ID_FILTER, LABEL_FILTER, *PAGE, *SIGNED, *ERROR_HEADERS],
         responses={200: LISTED, **errors(BAD_PAGE)},
     )
     def list(self, request: Request, model_id: str | None = None) -> Response:
@@ -173,10 +194,8 @@ class ImageViewSet(viewsets.ViewSet):
         headers = {"Link": next_link(request, records[limit - 1])} if len(records) > limit else {}
         if count:
             headers[COUNT_HEADER] = str(services.count(model_id))
-        covers = services.covers_among(records[:limit])
-        data = ImageSerializer(
-            records[:limit], many=True, context={"request": request, "covers": covers}
-        ).data
+        context = serializer_context(request, services.covers_among(records[:limit]))
+        data = ImageSerializer(records[:limit], many=True, context=context).data
         return Response(data, headers=headers)
 
     @extend_schema(
@@ -184,7 +203,7 @@ class ImageViewSet(viewsets.ViewSet):
         summary=SUMMARIES["model_images"],
         description="As `GET /images?model_id=`, except that a model without images is a 404.",
         tags=["images"],
-        parameters=[MODEL_ID_PARAM, LABEL_FILTER, *PAGE, *ERROR_HEADERS],
+        parameters=[MODEL_ID_PARAM, LABEL_FILTER, *PAGE, *SIGNED, *ERROR_HEADERS],
         responses={200: LISTED, **errors(BAD_PAGE, NO_MODEL)},
     )
     def model_images(self, request: Request, model_id: str) -> Response:
@@ -195,7 +214,7 @@ class ImageViewSet(viewsets.ViewSet):
         operation_id="get_image",
         summary=SUMMARIES["retrieve"],
         tags=["images"],
-        parameters=[IMAGE_ID_PARAM, *ERROR_HEADERS],
+        parameters=[IMAGE_ID_PARAM, *SIGNED, *ERROR_HEADERS],
         responses={200: OpenApiResponse(ImageSerializer, "The image's metadata."), **errors(NO_IMAGE)},
     )
     def retrieve(self, request: Request, image_id: str) -> Response:
@@ -258,7 +277,7 @@ class ImageViewSet(viewsets.ViewSet):
 
     def _models(self, request: Request, model_ids: object) -> Response:
         records, covers = services.model_records(validate_model_ids(model_ids))
-        context = {"request": request, "covers": covers}
+        context = serializer_context(request, covers)
         found = {m: r and ModelImageSerializer(r, context=context).data for m, r in records.items()}
         return Response({"models": found})
 
@@ -268,7 +287,7 @@ class ImageViewSet(viewsets.ViewSet):
         description=f"Each model's cover, else its newest image, with a `thumb` URL, in one round of "
         f"queries: up to {MAX_MODELS} models. A model without images maps to `null`.",
         tags=["models"],
-        parameters=[MODEL_IDS_PARAM, *ERROR_HEADERS],
+        parameters=[MODEL_IDS_PARAM, *SIGNED, *ERROR_HEADERS],
         responses={200: MODELS_FOUND, **errors(BAD_MODELS)},
     )
     def models(self, request: Request) -> Response:
@@ -281,11 +300,35 @@ class ImageViewSet(viewsets.ViewSet):
         f"{MAX_MODELS} model_ids. It only reads.",
         tags=["models"],
         request=MODEL_IDS_BODY,
-        parameters=[*ERROR_HEADERS],
+        parameters=[*SIGNED, *ERROR_HEADERS],
         responses={200: MODELS_FOUND, **errors(BAD_MODELS)},
     )
     def lookup(self, request: Request) -> Response:
         return self._models(request, request.data)
+
+    @extend_schema(
+        operation_id="get_signed_url",
+        summary=SUMMARIES["signed_url"],
+        description="For an `<img src>` while reads are private: the URL works without credentials "
+        "until it expires, for the original or a preset, and answers 403 once expired or changed.",
+        tags=["content"],
+        parameters=[IMAGE_ID_PARAM, TTL_PARAM, SIGNED_PRESET_PARAM, *ERROR_HEADERS],
+        responses={
+            200: OpenApiResponse(SignedUrlSerializer, "The signed URL."),
+            **errors(NO_IMAGE, {400: "ttl or preset is not valid."}),
+        },
+    )
+    def signed_url(self, request: Request, image_id: str) -> Response:
+        note_image(request, image_id)
+        ttl = signing.parse_ttl(request.query_params)
+        params = {}
+        if (preset := request.query_params.get("preset")) is not None:
+            derivatives.parse_spec(QueryDict(urlencode({"preset": preset})), "", "png")  # checks the name
+            params["preset"] = preset
+        record = services.get_record(image_id)
+        url, expires = signing.sign(f"/images/{record.image_id}/content", params, ttl)
+        body = {"url": request.build_absolute_uri(url), "expires_at": datetime.fromtimestamp(expires, UTC)}
+        return Response(SignedUrlSerializer(body).data, headers={"Cache-Control": "no-store"})
 
     @extend_schema(
         operation_id="delete_image",
@@ -353,7 +396,7 @@ class ImageViewSet(viewsets.ViewSet):
     def content(self, request: Request, image_id: str):
         note_image(request, image_id)
         with answering(request):  # a derivative made for it counts against THROTTLE_DERIVE
-            return image_response(request, services.get_record(image_id))
+            return signing.limit_caching(request, image_response(request, services.get_record(image_id)))
 
     @extend_schema(
         operation_id="get_model_image",

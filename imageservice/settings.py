@@ -207,6 +207,10 @@ JWT_HS256_SECRET = env.str("JWT_HS256_SECRET", default="")
 JWT_PUBLIC_KEY = env.str("JWT_PUBLIC_KEY", default="", multiline=True)
 JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
 JWT_ISSUER = env.str("JWT_ISSUER", default="")
+# Signed URLs (images/signing.py): the HMAC key (empty: SECRET_KEY, under a salt of its own), and
+# keys that signed URLs still in use, still accepted after a rotation.
+URL_SIGNING_KEY = env.str("URL_SIGNING_KEY", default="")
+URL_SIGNING_OLD_KEYS = env.list("URL_SIGNING_OLD_KEYS", default=[])
 # Password sign-in (gallery and admin), throttled by django-axes (images/signin.py): this many
 # failures for one user name, or from one address, lock both out for this long.
 AUTHENTICATION_BACKENDS = [

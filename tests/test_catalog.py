@@ -212,3 +212,97 @@ def test_a_batch_costs_the_same_few_mongo_commands_for_any_number_of_models(
         models = lookup(client, ids).json()["models"]
         assert mongo_commands.names == expected, (ids, mongo_commands.names)
         assert sum(m is not None for m in models.values()) == len([i for i in ids if i != "nobody"])
+
+
+# --- signed URLs ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private(settings) -> dict:
+    """PUBLIC_READ off, with keys made (so not open): reads need `read`, or a signed URL."""
+    settings.PUBLIC_READ = False
+    return auth(create_key("reader", "read"))
+
+
+def signed_url_as(client, image_id: str, credential: dict, **params) -> str:
+    answer = client.get(f"/images/{image_id}/signed-url", params, **credential)
+    assert answer.status_code == 200, answer.content
+    assert answer["Cache-Control"] == "no-store"
+    return answer.json()["url"]
+
+
+def test_a_signed_url_reads_a_private_image_without_credentials(store, client, private):
+    image = upload(client, image_bytes(seed=1), **auth(create_key("up", "write"))).json()
+    content = f"/images/{image['image_id']}/content"
+    assert_error(client.get(content), 401)
+    assert_error(client.get(f"/images/{image['image_id']}/signed-url"), 401)
+    answer = client.get(f"/images/{image['image_id']}/signed-url", {"ttl": "600"}, **private)
+    url = answer.json()["url"]
+    assert url.startswith(f"http://testserver{content}?exp=") and "&sig=" in url
+    got = client.get(url)
+    assert got.status_code == 200 and body(got) == image_bytes(seed=1)
+    max_age = int(got["Cache-Control"].split("max-age=")[1].split(",")[0])
+    assert 590 <= max_age <= 600  # never beyond the expiry (an original's is a year otherwise)
+    thumb = client.get(signed_url_as(client, image["image_id"], private, preset="thumb"))
+    assert thumb.status_code == 200 and thumb["Content-Type"] != ""
+    assert thumb["ETag"] != got["ETag"]  # the derivative, not the original
+
+
+def test_a_tampered_or_expired_signature_is_a_403(store, client, private, settings):
+    from images import signing
+
+    one = upload(client, image_bytes(seed=1), **auth(create_key("up", "write"))).json()["image_id"]
+    two = upload(client, image_bytes(seed=2), **auth(create_key("up2", "write"))).json()["image_id"]
+    url = signed_url_as(client, one, private, preset="thumb")
+    exp = url.split("exp=")[1].split("&")[0]
+    sig = url.split("sig=")[1]
+    tampered = [
+        url.replace(f"sig={sig}", f"sig={sig[:-1]}{'A' if sig[-1] != 'A' else 'B'}"),
+        url.replace(f"exp={exp}", f"exp={int(exp) + 3600}"),
+        url.replace("preset=thumb", "preset=full"),
+        url.replace(one, two),
+        url + "&w=64",
+        url.replace(f"&sig={sig}", ""),
+        url + f"&sig={sig}",
+    ]
+    for bad in tampered:
+        assert_error(client.get(bad), 403, "bad_signature")
+    settings.PUBLIC_READ = True  # a signature that is there is judged, public or not
+    assert_error(client.get(tampered[0]), 403, "bad_signature")
+    relative, _ = signing.sign(f"/images/{one}/content", {}, 10, now=1_000_000)
+    assert_error(client.get(relative), 403, "signature_expired")
+
+
+def test_signatures_made_with_an_old_key_still_work_after_a_rotation(store, client, private, settings):
+    image = upload(client, image_bytes(seed=1), **auth(create_key("up", "write"))).json()["image_id"]
+    settings.URL_SIGNING_KEY = "first-key"
+    url = signed_url_as(client, image, private)
+    settings.URL_SIGNING_KEY, settings.URL_SIGNING_OLD_KEYS = "second-key", ["first-key"]
+    assert client.get(url).status_code == 200
+    assert client.get(signed_url_as(client, image, private)).status_code == 200
+    settings.URL_SIGNING_OLD_KEYS = []  # retired: its URLs stop working
+    assert_error(client.get(url), 403, "bad_signature")
+
+
+def test_signed_url_refusals(store, client, private):
+    image = upload(client, image_bytes(seed=1), **auth(create_key("up", "write"))).json()["image_id"]
+    for params in ({"ttl": "0"}, {"ttl": "x"}, {"ttl": str(8 * 24 * 3600)}, {"ttl": "²"}):
+        assert_error(client.get(f"/images/{image}/signed-url", params, **private), 400, "invalid_ttl")
+    assert_error(
+        client.get(f"/images/{image}/signed-url", {"preset": "huge"}, **private), 400, "invalid_preset"
+    )
+    assert_error(client.get(f"/images/{'0' * 24}/signed-url", **private), 404, "not_found")
+
+
+def test_metadata_carries_signed_urls_when_asked(store, client, private):
+    image = upload(client, image_bytes(seed=1), model_id="m1", **auth(create_key("up", "write"))).json()
+    assert "signed_urls" not in client.get(f"/images/{image['image_id']}", **private).json()
+    meta = client.get(f"/images/{image['image_id']}?signed=true&ttl=60", **private).json()
+    assert set(meta["signed_urls"]) == {"original", "thumb", "card", "full"}
+    assert body(client.get(meta["signed_urls"]["original"])) == image_bytes(seed=1)
+    assert client.get(meta["signed_urls"]["card"]).status_code == 200
+    listed = client.get("/images?signed=true", **private).json()
+    assert set(listed[0]["signed_urls"]) == set(meta["signed_urls"])
+    batch = client.get("/models?model_id=m1&signed=true", **private).json()["models"]["m1"]
+    assert client.get(batch["signed_urls"]["thumb"]).status_code == 200
+    assert_error(client.get("/images?signed=yes", **private), 400, "invalid_signed")
