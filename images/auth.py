@@ -141,7 +141,7 @@ class HasScope(BasePermission):
     def has_permission(self, request, view) -> bool:
         scope = view.required_scope
         if scope == "read" and signing.presented(request.GET):
-            signing.verify(request)  # a 403 unless valid: then it stands in for a credential
+            signing.admit(request)  # a 403 unless valid: then it stands in for a credential
             return True
         self.message = f"This needs the '{scope}' scope, which your credential does not have."
         return allowed(request, scope)

@@ -58,14 +58,13 @@ def presented(query: QueryDict) -> bool:
     return SIGNATURE in query or EXPIRY in query
 
 
-def verify(request: HttpRequest) -> int:
-    """The expiry of the request's valid signature; else SignatureRefused (403)."""
-    query = request.GET
+def verify(path: str, query: QueryDict) -> int:
+    """The expiry of the valid signature that `path?query` carries; else SignatureRefused (403)."""
     expires = plain_integer(query.get(EXPIRY, ""))
     signatures = query.getlist(SIGNATURE)
     if expires is None or len(signatures) != 1 or len(query.getlist(EXPIRY)) != 1:
         raise SignatureRefused("The URL's signature is missing or malformed: ask for a new signed URL.")
-    value = _signed_value(request.path, ((k, v) for k, values in query.lists() for v in values))
+    value = _signed_value(path, ((k, v) for k, values in query.lists() for v in values))
     signer = _signer()
     try:
         signer.unsign(f"{value}{signer.sep}{signatures[0]}")
@@ -73,8 +72,12 @@ def verify(request: HttpRequest) -> int:
         raise SignatureRefused("The URL's signature does not match it: ask for a new signed URL.") from None
     if expires <= time.time():
         raise SignatureRefused("The signed URL has expired: ask for a new one.", code="signature_expired")
-    request.signed_until = expires
     return expires
+
+
+def admit(request: HttpRequest) -> None:
+    """Lets a read in on its valid signature (else the 403), and notes until when."""
+    request.signed_until = verify(request.path, request.GET)
 
 
 def limit_caching(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:

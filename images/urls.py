@@ -28,6 +28,7 @@ urlpatterns = [
     ),
     re_path(rf"^images/{ID}/content/?$", images({"get": "content"}), name="image-content"),
     re_path(rf"^images/{ID}/signed-url/?$", images({"get": "signed_url"}), name="image-signed-url"),
+    re_path(r"^signature-check/?$", views.signature_check, name="signature-check"),  # for nginx
     re_path(rf"^models/{MODEL}/images/?$", images({"get": "model_images"}), name="model-images"),
     re_path(r"^models/?$", images({"get": "models"}), name="models"),
     re_path(r"^models/lookup/?$", images({"post": "lookup"}), name="models-lookup"),

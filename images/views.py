@@ -6,10 +6,12 @@ renderer; `LenientNegotiation` falls back to JSON instead, and the bytes actions
 """
 
 from datetime import UTC, datetime
+from urllib.parse import unquote
 
 from django.conf import settings
-from django.http import QueryDict
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.utils.http import urlencode
+from django.views.decorators.http import require_safe
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.exceptions import NotFound
@@ -91,6 +93,15 @@ SUMMARIES = {
     "content": "An image's bytes",
     "model_image": "A model's newest image's bytes",
 }
+
+
+@require_safe
+def signature_check(request: HttpRequest) -> HttpResponse:
+    """nginx's auth_request for signed URLs (deploy/nginx.conf), which it may answer from its cache:
+    204 when the signature of the URL in `X-Original-URI` is valid, else the 403."""
+    path, _, query = request.headers.get("X-Original-URI", "").partition("?")
+    signing.verify(unquote(path), QueryDict(query))
+    return HttpResponse(status=204)
 
 
 def serializer_context(request: Request, covers: set[str]) -> dict:

@@ -306,3 +306,20 @@ def test_metadata_carries_signed_urls_when_asked(store, client, private):
     batch = client.get("/models?model_id=m1&signed=true", **private).json()["models"]["m1"]
     assert client.get(batch["signed_urls"]["thumb"]).status_code == 200
     assert_error(client.get("/images?signed=yes", **private), 400, "invalid_signed")
+
+
+def test_the_signature_check_that_nginx_asks_for(store, client, private):
+    """deploy/nginx.conf's auth_request: 204 for a valid signed URL, else the 403."""
+    from images import signing
+
+    image = upload(client, image_bytes(seed=1), **auth(create_key("up", "write"))).json()["image_id"]
+    url = signed_url_as(client, image, private, preset="thumb").removeprefix("http://testserver")
+    assert client.get("/signature-check", HTTP_X_ORIGINAL_URI=url).status_code == 204
+    assert_error(
+        client.get("/signature-check", HTTP_X_ORIGINAL_URI=url[:-1] + ("x" if url[-1] != "x" else "y")),
+        403,
+        "bad_signature",
+    )
+    assert_error(client.get("/signature-check"), 403, "bad_signature")
+    expired, _ = signing.sign(f"/images/{image}/content", {}, 10, now=1_000_000)
+    assert_error(client.get("/signature-check", HTTP_X_ORIGINAL_URI=expired), 403, "signature_expired")
