@@ -389,6 +389,30 @@ def test_the_detail_view(open_site: Site, page: Page):
     expect(dialog).to_be_hidden()
 
 
+def test_label_and_cover_are_set_from_the_detail_view(open_site: Site, page: Page):
+    model_id = new_model_id("lamp")
+    older, newer = open_site.seed(model_id, 2)
+    page.goto(f"{open_site.url}/?model_id={model_id}")
+    card_of(page, older["filename"]).get_by_role("button").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.locator("#detail-meta")).to_contain_text("No")
+    dialog.get_by_label("Label").fill("front")
+    dialog.get_by_role("button", name="Set label").click()
+    expect(dialog.get_by_role("status")).to_have_text("Label set to front.")
+    dialog.get_by_role("button", name="Make cover").click()
+    expect(dialog.get_by_role("status")).to_have_text(f"This is now the picture of model {model_id}.")
+    expect(dialog.get_by_role("button", name="Make cover")).to_be_hidden()
+    expect(dialog.locator("#detail-meta")).to_contain_text("Yes: the model's picture")
+    page.keyboard.press("Escape")
+    expect(card_of(page, older["filename"]).locator(".badge")).to_have_text(["Cover", "front"])
+    expect(card_of(page, newer["filename"]).locator(".badge")).to_have_count(0)
+    # The API agrees: the model's picture is the cover now, not its newest image.
+    meta = requests.get(f"{open_site.url}/images/{older['image_id']}", timeout=30).json()
+    assert (meta["label"], meta["cover"]) == ("front", True)
+    shown = requests.get(f"{open_site.url}/image/{model_id}", timeout=30)
+    assert shown.headers["ETag"] == f'"{older["sha256"]}"'
+
+
 def test_delete_asks_for_confirmation_first(open_site: Site, page: Page):
     model_id = new_model_id("stool")
     [meta] = open_site.seed(model_id)
@@ -521,8 +545,9 @@ def test_private_reads_need_a_credential(private_site: Site, page: Page):
     expect(page.locator("#who")).to_have_text("Signed in as read-key (API key): you may view.")
     expect(cards(page)).to_have_count(2)
     expect(page.locator("#upload")).to_be_hidden()
-    for img in cards(page).get_by_role("img").all():  # an <img> cannot send the key: fetched blobs
-        wait_loaded(page, img, "img.src.startsWith('blob:') && img.naturalWidth > 0")
+    for img in cards(page).get_by_role("img").all():  # an <img> cannot send the key: signed URLs
+        wait_loaded(page, img, "img.src.includes('&sig=') && img.naturalWidth > 0")
+        assert requests.get(img.get_attribute("src"), timeout=30).status_code == 200  # no credential
     snap(page, private_site, "private-with-key")
 
 
