@@ -115,6 +115,11 @@ def model_records(model_ids: list[str]) -> tuple[dict[str, ImageRecord | None], 
     return {m: chosen.get(m) for m in model_ids}, cover_ids
 
 
+def list_covers(limit: int) -> list[tuple[str, str, datetime]]:
+    """Up to `limit` covers as (model_id, image_id, set_at), the latest set first (the admin)."""
+    return get_backend().covers.all(limit)
+
+
 def covers_among(records: list[ImageRecord]) -> set[str]:
     """The image_ids of `records` that are their model's cover, in one query."""
     if not records:

@@ -323,3 +323,23 @@ def test_the_signature_check_that_nginx_asks_for(store, client, private):
     assert_error(client.get("/signature-check"), 403, "bad_signature")
     expired, _ = signing.sign(f"/images/{image}/content", {}, 10, now=1_000_000)
     assert_error(client.get("/signature-check", HTTP_X_ORIGINAL_URI=expired), 403, "signature_expired")
+
+
+# --- admin ---------------------------------------------------------------------------------------
+
+
+def test_the_admin_filters_by_label_marks_covers_and_lists_them(store, client):
+    from django.contrib.auth.models import User
+
+    front = upload(client, image_bytes(seed=1), model_id="lamp", label="front", name="lamp-front.jpg").json()
+    upload(client, image_bytes(seed=2), model_id="lamp", label="side", name="lamp-side.jpg")
+    put_cover(client, "lamp", front["image_id"])
+    client.force_login(User.objects.create_user("ops", password="pw-for-tests", is_staff=True))
+    page = client.get("/admin/images/?label=front").content.decode()
+    assert "lamp-front.jpg" in page and "lamp-side.jpg" not in page
+    assert '<a href="?label=front">front</a>' in page and "<td>Cover</td>" in page
+    refused = client.get("/admin/images/?label=Bad!").content.decode()
+    assert '<li class="error">Label must be 1-32 characters' in refused
+    covers = client.get("/admin/covers/").content.decode()
+    assert f"<code>{front['image_id']}</code>" in covers and "?model_id=lamp" in covers
+    assert 'href="/admin/covers/"' in client.get("/admin/").content.decode()
