@@ -78,22 +78,26 @@ def cover_record(model_id: str) -> ImageRecord | None:
 
 def set_cover(model_id: str, image_id: str) -> ImageRecord:
     """Makes the model's image `image_id` its cover; the image must exist and be the model's."""
-    record = get_backend().records.get(image_id)
-    if record is None:
-        raise NotFound(f"No image has image_id {image_id!r}.")
-    if record.model_id != model_id:
-        raise InvalidRequest(
-            f"Image {image_id} belongs to model {record.model_id!r}, not {model_id!r}.",
-            code="image_of_another_model",
-        )
-    get_backend().covers.set(model_id, image_id)
+    backend = get_backend()
+    with backend.lookup_deadline():  # a find and a replace: a hung MongoDB is a 503 as for a lookup
+        record = backend.records.get(image_id)
+        if record is None:
+            raise NotFound(f"No image has image_id {image_id!r}.")
+        if record.model_id != model_id:
+            raise InvalidRequest(
+                f"Image {image_id} belongs to model {record.model_id!r}, not {model_id!r}.",
+                code="image_of_another_model",
+            )
+        backend.covers.set(model_id, image_id)
     _forget_model(model_id)
     return record
 
 
 def clear_cover(model_id: str) -> bool:
     """Clears the model's cover: its newest image shows again. Whether it had one."""
-    cleared = get_backend().covers.clear(model_id)
+    backend = get_backend()
+    with backend.lookup_deadline():
+        cleared = backend.covers.clear(model_id)
     _forget_model(model_id)
     return cleared
 
@@ -103,15 +107,16 @@ def model_records(model_ids: list[str]) -> tuple[dict[str, ImageRecord | None], 
     image_ids that are covers: in one round of queries whatever the number of models, namely the
     covers (one `_id $in`), their records (one `_id $in`) and the newest of the others (one query)."""
     backend = get_backend()
-    covers = backend.covers.many(model_ids)
-    chosen = {
-        record.model_id: record
-        for record in (backend.records.get_many(list(covers.values())) if covers else [])
-        if covers.get(record.model_id) == record.image_id
-    }
-    cover_ids = {record.image_id for record in chosen.values()}
-    if rest := [m for m in model_ids if m not in chosen]:
-        chosen |= backend.records.newest_of(rest)
+    with backend.lookup_deadline():  # a POST, which LookupDeadline leaves out, but only a lookup
+        covers = backend.covers.many(model_ids)
+        chosen = {
+            record.model_id: record
+            for record in (backend.records.get_many(list(covers.values())) if covers else [])
+            if covers.get(record.model_id) == record.image_id
+        }
+        cover_ids = {record.image_id for record in chosen.values()}
+        if rest := [m for m in model_ids if m not in chosen]:
+            chosen |= backend.records.newest_of(rest)
     return {m: chosen.get(m) for m in model_ids}, cover_ids
 
 
@@ -171,7 +176,9 @@ def set_dimensions(image_id: str, width: int, height: int) -> None:
 
 def set_label(image_id: str, label: str | None) -> ImageRecord:
     """Sets or (None) clears an image's label; the record as it is now."""
-    before = get_backend().records.set_label(image_id, label)
+    backend = get_backend()
+    with backend.lookup_deadline():  # one small write: a hung MongoDB is a 503 as soon as a lookup's
+        before = backend.records.set_label(image_id, label)
     if before is None:
         raise NotFound(f"No image has image_id {image_id!r}.")
     hotcache.records.forget(hotcache.key("record", image_id))
