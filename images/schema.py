@@ -310,7 +310,8 @@ COMMON_ERRORS = {
 }
 NO_IMAGE = {404: "There is no such image."}
 NO_MODEL = {404: "The model has no images."}
-BAD_PAGE = {400: "model_id, label, limit, cursor or count is not valid."}
+BAD_SIGNED = {400: "signed or ttl is not valid."}
+BAD_PAGE = {400: "model_id, label, limit, cursor, count, signed or ttl is not valid."}
 
 
 def errors(*described: dict[int, str]) -> dict:
@@ -337,4 +338,4 @@ def image_bytes(description: str, *described_errors: dict[int, str]) -> dict:
 
 LISTED = OpenApiResponse(ImageSerializer(many=True), "Images, newest first.")
 MODELS_FOUND = OpenApiResponse(ModelsSerializer, "The models' images.")
-BAD_MODELS = {400: f"No model_id, more than {MAX_MODELS}, or one that is not valid."}
+BAD_MODELS = {400: f"No model_id, more than {MAX_MODELS}, or one that is not valid; or signed or ttl is not."}

@@ -35,23 +35,20 @@ class ImageSerializer(serializers.Serializer):
     label = serializers.CharField(allow_null=True, help_text="Which view of the model this is; null if none.")
     cover = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
-    signed_urls = serializers.SerializerMethodField(
+    signed_urls = serializers.DictField(
+        child=serializers.URLField(),
+        required=False,  # a record has none: to_representation adds them when asked
         help_text="Only with `?signed=true`: URLs of the original and of each preset that work without "
-        "credentials until they expire (`?ttl=` seconds, default 3600)."
+        "credentials until they expire (`?ttl=` seconds, default 3600).",
     )
 
     def to_representation(self, record) -> dict:
         data = super().to_representation(record)
-        if "signed_ttl" not in self.context:
-            del data["signed_urls"]  # opt-in: signing every record costs time
+        if (ttl := self.context.get("signed_ttl")) is not None:  # opt-in: signing costs time
+            data["signed_urls"] = self.signed_urls_of(record, ttl)
         return data
 
-    @extend_schema_field(
-        {"type": "object", "additionalProperties": {"type": "string", "format": "uri"}, "readOnly": True}
-    )
-    def get_signed_urls(self, record) -> dict[str, str]:
-        if (ttl := self.context.get("signed_ttl")) is None:
-            return {}  # left out by to_representation
+    def signed_urls_of(self, record, ttl: int) -> dict[str, str]:
         build = self.context["request"].build_absolute_uri
         path = f"/images/{record.image_id}/content"
         urls = {"original": build(signing.sign(path, {}, ttl)[0])}

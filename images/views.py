@@ -30,6 +30,7 @@ from .schema import (
     BAD_DERIVATIVE,
     BAD_MODELS,
     BAD_PAGE,
+    BAD_SIGNED,
     BYTES_HEADERS,
     ERROR_HEADERS,
     IMAGE_ID_PARAM,
@@ -226,7 +227,10 @@ class ImageViewSet(viewsets.ViewSet):
         summary=SUMMARIES["retrieve"],
         tags=["images"],
         parameters=[IMAGE_ID_PARAM, *SIGNED, *ERROR_HEADERS],
-        responses={200: OpenApiResponse(ImageSerializer, "The image's metadata."), **errors(NO_IMAGE)},
+        responses={
+            200: OpenApiResponse(ImageSerializer, "The image's metadata."),
+            **errors(NO_IMAGE, BAD_SIGNED),
+        },
     )
     def retrieve(self, request: Request, image_id: str) -> Response:
         note_image(request, image_id)
