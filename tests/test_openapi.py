@@ -32,6 +32,7 @@ OPERATIONS = {
     ("/images/{image_id}", "patch"): "set_image_label",
     ("/images/{image_id}", "delete"): "delete_image",
     ("/images/{image_id}/content", "get"): "get_image_content",
+    ("/images/{image_id}/signed-url", "get"): "get_signed_url",
     ("/image/{model_id}", "get"): "get_model_image",
     ("/models/{model_id}/images", "get"): "list_model_images",
     ("/models", "get"): "lookup_models",
