@@ -73,11 +73,8 @@ ACTION_SCOPES = {
     "destroy": "admin",
 }
 BYTES_ACTIONS = {"content", "model_image"}
-JSON_ACTIONS = {
-    "partial_update",
-    "set_cover",
-    "lookup",
-}  # the actions whose body is JSON; the upload's is multipart
+# The actions whose body is JSON; the upload's is multipart.
+JSON_ACTIONS = {"partial_update", "set_cover", "lookup"}
 # Each action's name, in the schema and as the browsable API's page title (images/urls.py).
 SUMMARIES = {
     "upload": "Upload an image",
@@ -131,7 +128,11 @@ def note_image(request: Request, image_id: str) -> None:
 class ImageViewSet(viewsets.ViewSet):
     content_negotiation_class = LenientNegotiation
     permission_classes = [HasScope]
-    serializer_class = UploadSerializer  # the browsable API's form for POST /upload, the only POST
+
+    @property
+    def serializer_class(self) -> type[UploadSerializer] | None:
+        """The browsable API's form for POST /upload; the other POST (a lookup) takes raw JSON."""
+        return UploadSerializer if self.action_map.get("post") == "upload" else None
 
     @property
     def required_scope(self) -> str:
@@ -168,7 +169,10 @@ class ImageViewSet(viewsets.ViewSet):
     def http_method_not_allowed(self, request: Request, *args, **kwargs) -> Response:
         """The 405 that API clients get; a browser that opens /upload also gets, on the same 405, the
         browsable API's upload form when it may upload, or else what it needs to."""
-        if not ("post" in self.action_map and isinstance(request.accepted_renderer, BrowsableAPIRenderer)):
+        if not (
+            self.action_map.get("post") == "upload"
+            and isinstance(request.accepted_renderer, BrowsableAPIRenderer)
+        ):
             return super().http_method_not_allowed(request, *args, **kwargs)
         if allowed(request, "write"):
             detail = "POST the form below to upload an image."

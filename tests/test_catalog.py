@@ -186,6 +186,12 @@ def test_batch_refusals(store, client):
     assert_error(client.post("/models/lookup", "a", content_type="text/plain"), 415)
 
 
+def test_a_browser_opening_the_lookup_gets_no_upload_form(store, client):
+    page = client.get("/models/lookup", HTTP_ACCEPT="text/html")
+    assert page.status_code == 405
+    assert 'name="file"' not in page.content.decode() and "upload" not in page.content.decode().lower()
+
+
 @pytest.mark.parametrize("store", ["mongo"], indirect=True)
 def test_a_batch_costs_the_same_few_mongo_commands_for_any_number_of_models(
     store, client, mongo_commands, monkeypatch
