@@ -1,8 +1,9 @@
 """The Django admin, with an "Images" section that works the same in both modes.
 
 Images are not ORM models in Mongo mode, so their pages go through the document manager and the
-services (never the ORM): browse newest first with previews, filter by model, search by filename or
-sha256, see who uploaded what, and delete (which frees the bytes once nothing else uses them).
+services (never the ORM): browse newest first with previews, filter by model or label, search by
+filename or sha256, see who uploaded what and which image is its model's cover, list the covers, and
+delete (which frees the bytes once nothing else uses them).
 
 API keys live in the same store as the images, so their pages go through the key store: superusers
 list them (scopes, created, last used), create one (shown once) and revoke one.
@@ -20,7 +21,7 @@ from . import apikeys, services
 from .errors import InvalidRequest
 from .keystore import KeyExists
 from .pagination import encode_cursor, parse_cursor
-from .validation import validate_model_id
+from .validation import validate_label, validate_model_id
 
 PAGE_SIZE = 50
 
@@ -50,6 +51,7 @@ class ImageServiceAdminSite(admin.AdminSite):
         return [
             path("images/", self.admin_view(self.browse), name="images_browse"),
             path("images/<str:image_id>/delete/", self.admin_view(self.delete), name="images_delete"),
+            path("covers/", self.admin_view(self.covers), name="images_covers"),
             path("api-keys/", self.admin_view(self.keys), name="api_keys"),
             path("api-keys/add/", self.admin_view(self.add_key), name="api_keys_add"),
             path("api-keys/<str:name>/revoke/", self.admin_view(self.revoke_key), name="api_keys_revoke"),
@@ -61,7 +63,11 @@ class ImageServiceAdminSite(admin.AdminSite):
         if app_label in (None, "images"):
             url = reverse("admin:images_browse", current_app=self.name)
             entry = {"name": "Images", "object_name": "Image", "admin_url": url, "view_only": True}
-            models = [{**entry, "perms": {"view": True}}]
+            covers = reverse("admin:images_covers", current_app=self.name)
+            models = [
+                {**entry, "perms": {"view": True}},
+                {"name": "Covers", "object_name": "Cover", "admin_url": covers, "perms": {"view": True}},
+            ]
             if request.user.is_superuser:
                 keys = reverse("admin:api_keys", current_app=self.name)
                 add = reverse("admin:api_keys_add", current_app=self.name)
@@ -82,27 +88,37 @@ class ImageServiceAdminSite(admin.AdminSite):
     def browse(self, request: HttpRequest) -> HttpResponse:
         model_id = request.GET.get("model_id", "").strip() or None
         matching = request.GET.get("q", "").strip() or None
+        label = request.GET.get("label", "").strip() or None
         try:
             if model_id:
                 validate_model_id(model_id)
+            if label:
+                validate_label(label)
             after = parse_cursor(request)
         except InvalidRequest as exc:
             messages.error(request, str(exc.detail))
-            model_id, after = None, None
-        records = services.page(model_id, after, PAGE_SIZE + 1, matching=matching)
+            model_id, label, after = None, None, None
+        records = services.page(model_id, after, PAGE_SIZE + 1, matching=matching, label=label)
         next_url = None
         if len(records) > PAGE_SIZE:
-            query = {k: v for k, v in (("model_id", model_id), ("q", matching)) if v}
+            query = {k: v for k, v in (("model_id", model_id), ("q", matching), ("label", label)) if v}
             next_url = "?" + urlencode({**query, "cursor": encode_cursor(records[PAGE_SIZE - 1])})
         context = {
             **self.each_context(request),
             "title": "Images",
             "records": records[:PAGE_SIZE],
+            "covers": services.covers_among(records[:PAGE_SIZE]),
             "model_id": model_id or "",
+            "label": label or "",
             "q": matching or "",
             "next_url": next_url,
         }
         return TemplateResponse(request, "admin/images/browse.html", context)
+
+    def covers(self, request: HttpRequest) -> HttpResponse:
+        """The models' covers, the latest set first (set and cleared through the API or the gallery)."""
+        context = {**self.each_context(request), "title": "Covers", "covers": services.list_covers(PAGE_SIZE)}
+        return TemplateResponse(request, "admin/images/covers.html", context)
 
     def delete(self, request: HttpRequest, image_id: str) -> HttpResponse:
         record = services.find_record(image_id)

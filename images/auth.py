@@ -1,6 +1,7 @@
 """Who is calling, and what they may do: API keys and JWT bearer tokens, checked against scopes.
 
-Uploads need `write` and deletes need `admin`; reads need `read` only when PUBLIC_READ is off.
+Uploads need `write` and deletes need `admin`; reads need `read` only when PUBLIC_READ is off, or
+a valid signed URL (images/signing.py).
 Scopes nest: `admin` includes `write`, which includes `read`. With no key and no JWT key
 configured, the service runs open (development mode), but only where `serve` allowed it.
 Django users signed in on the gallery page (a session cookie) get scopes from their account:
@@ -16,7 +17,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
 
-from . import apikeys
+from . import apikeys, signing
 from .backend import get_backend
 
 CHALLENGE = 'Api-Key realm="image-service", Bearer realm="image-service"'
@@ -139,6 +140,9 @@ class HasScope(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         scope = view.required_scope
+        if scope == "read" and signing.presented(request.GET):
+            signing.admit(request)  # a 403 unless valid: then it stands in for a credential
+            return True
         self.message = f"This needs the '{scope}' scope, which your credential does not have."
         return allowed(request, scope)
 

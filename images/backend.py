@@ -2,9 +2,10 @@
 embedded store (SQLite and files under DATA_DIR) is behind one `Backend`, so no other module asks
 which mode it is in.
 
-A backend gives the records (the document manager), the API keys, the leases, the derivative cache's
-uses, the blobs (Django's `storages["images"]`: the Storage classes stay the seam for bytes), and the
-few mode-specific chores around them: a health ping, the deadlines MongoDB needs, the start-up work.
+A backend gives the records (the document manager), the models' covers, the API keys, the leases,
+the derivative cache's uses, the blobs (Django's `storages["images"]`: the Storage classes stay the
+seam for bytes), and the few mode-specific chores around them: a health ping, the deadlines
+MongoDB needs, the start-up work.
 `get_backend()` builds the configured one from the settings at first use in each process (a
 MongoClient must not cross a fork) and again after a test changes those settings, as Django does for
 `storages`. `migrate_storage` builds the two sides of a migration explicitly instead.
@@ -29,6 +30,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from . import legacy, mongo
+from .covers import Covers, MongoCovers, SQLCovers
 from .derivative_uses import MongoDerivativeUses, SQLDerivativeUses
 from .documents import Documents, MongoDocuments, SQLDocuments
 from .keystore import KeyStore, MongoKeyStore, SQLKeyStore
@@ -47,6 +49,7 @@ class Backend:
 
     name: str
     records: Documents
+    covers: Covers
     keys: KeyStore
     leases: Leases
     derivative_uses: MongoDerivativeUses | SQLDerivativeUses
@@ -107,6 +110,7 @@ class EmbeddedBackend(Backend):
         super().__init__(label, str(where), blobs)
         self.using = using
         self.records = SQLDocuments(using)
+        self.covers = SQLCovers()
         self.keys = SQLKeyStore()
         self.leases = SQLLeases()
         self.derivative_uses = SQLDerivativeUses()
@@ -147,6 +151,7 @@ class MongoBackend(Backend):
         self.database = mongo.get_database() if database is None else database
         self.client = client
         self.records = MongoDocuments(self.database)
+        self.covers = MongoCovers(self.database)
         self.keys = MongoKeyStore(self.database)
         self.leases = MongoLeases(self.database)
         self.derivative_uses = MongoDerivativeUses(self.database)

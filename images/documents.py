@@ -12,11 +12,12 @@ from typing import Protocol
 
 from bson import ObjectId
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet, Window
+from django.db.models.functions import RowNumber
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from . import mongo
 from .models import StoredImage
@@ -34,6 +35,7 @@ class ImageRecord:
     height: int
     uploaded_at: datetime
     uploaded_by: str | None = None  # the API key's name or the token's `sub`; None in open mode
+    label: str | None = None  # which view of the model this is ("front", "top"); several may share one
 
 
 # A position in the newest-first order: the (uploaded_at, image_id) of the last record seen.
@@ -53,10 +55,22 @@ class Documents(Protocol):
     def find(self, model_id: str, sha256: str) -> ImageRecord | None: ...
 
     def page(
-        self, model_id: str | None, after: Position | None, limit: int, matching: str | None = None
+        self,
+        model_id: str | None,
+        after: Position | None,
+        limit: int,
+        matching: str | None = None,
+        label: str | None = None,
     ) -> list[ImageRecord]:
         """Up to `limit` records, newest first, strictly after `after`; `matching` keeps those whose
-        filename contains it (ignoring case) or whose sha256 starts with it (the admin's search)."""
+        filename contains it (ignoring case) or whose sha256 starts with it (the admin's search);
+        `label` those with that label."""
+
+    def get_many(self, image_ids: list[str]) -> list[ImageRecord]:
+        """The records of these ids that exist, in one query (a batch lookup's covers)."""
+
+    def newest_of(self, model_ids: list[str]) -> dict[str, ImageRecord]:
+        """Each model's newest record, in one query; models without images are left out."""
 
     def count(self, model_id: str | None = None) -> int: ...
 
@@ -67,7 +81,10 @@ class Documents(Protocol):
         """Whether any record still needs the blob `sha256`."""
 
     def set_dimensions(self, image_id: str, width: int, height: int) -> None:
-        """The one change a record ever gets: fsck --repair correcting what the bytes show."""
+        """fsck --repair correcting what the bytes show."""
+
+    def set_label(self, image_id: str, label: str | None) -> ImageRecord | None:
+        """Sets (None: clears) the label; the record as it was before, or None if there is none."""
 
 
 def iter_records(docs: Documents, model_id: str | None = None, batch: int = 1000) -> Iterator[ImageRecord]:
@@ -104,6 +121,10 @@ class MongoDocuments:
         ),
         IndexModel([("sha256", ASCENDING)], name="sha256"),
         IndexModel([("uploaded_at", DESCENDING), ("_id", DESCENDING)], name="newest"),
+        IndexModel(
+            [("model_id", ASCENDING), ("label", ASCENDING), ("uploaded_at", DESCENDING), ("_id", DESCENDING)],
+            name="model_label_newest",
+        ),
     ]
 
     def __init__(self, database: Database | None = None) -> None:
@@ -141,11 +162,18 @@ class MongoDocuments:
         return doc and self._record(doc)
 
     def page(
-        self, model_id: str | None, after: Position | None, limit: int, matching: str | None = None
+        self,
+        model_id: str | None,
+        after: Position | None,
+        limit: int,
+        matching: str | None = None,
+        label: str | None = None,
     ) -> list[ImageRecord]:
         conditions: list[dict] = []
         if model_id is not None:
             conditions.append({"model_id": model_id})
+        if label is not None:
+            conditions.append({"label": label})
         if after is not None:
             at, image_id = after
             conditions.append(
@@ -193,6 +221,48 @@ class MongoDocuments:
     def set_dimensions(self, image_id: str, width: int, height: int) -> None:
         self.collection.update_one({"_id": ObjectId(image_id)}, {"$set": {"width": width, "height": height}})
 
+    def set_label(self, image_id: str, label: str | None) -> ImageRecord | None:
+        if not ObjectId.is_valid(image_id):
+            return None
+        # By _id alone (see `get`); the record before the change, to forget the old label's newest.
+        doc = self.collection.find_one_and_update({"_id": ObjectId(image_id)}, {"$set": {"label": label}})
+        return self._record(doc) if doc and "sha256" in doc else None
+
+    def get_many(self, image_ids: list[str]) -> list[ImageRecord]:
+        ids = [ObjectId(i) for i in image_ids if ObjectId.is_valid(i)]
+        return (
+            [self._record(doc) for doc in self.collection.find({"_id": {"$in": ids}, **CURRENT})]
+            if ids
+            else []
+        )
+
+    def newest_of(self, model_ids: list[str]) -> dict[str, ImageRecord]:
+        """One aggregation, in which MongoDB reads one index entry per model (model_newest). FerretDB
+        1.24 implements no `$first` (only `$count` and `$sum` accumulators): there, and once known in
+        this process, one find of the models' records instead, which reads all of them."""
+        match = {"model_id": {"$in": model_ids}, **CURRENT}
+        newest_first = [("model_id", 1), ("uploaded_at", -1), ("_id", -1)]
+        if self.collection.database.client not in _WITHOUT_FIRST:
+            pipeline = [
+                {"$match": match},
+                {"$sort": dict(newest_first)},
+                {"$group": {"_id": "$model_id", "doc": {"$first": "$$ROOT"}}},
+            ]
+            try:
+                return {g["_id"]: self._record(g["doc"]) for g in self.collection.aggregate(pipeline)}
+            except OperationFailure as exc:
+                if exc.code != NOT_IMPLEMENTED:
+                    raise
+                _WITHOUT_FIRST.add(self.collection.database.client)
+        newest: dict[str, ImageRecord] = {}
+        for doc in self.collection.find(match).sort(newest_first):
+            newest.setdefault(doc["model_id"], self._record(doc))
+        return newest
+
+
+NOT_IMPLEMENTED = 238  # MongoDB's error code, which FerretDB answers for what it lacks
+_WITHOUT_FIRST: set = set()  # the clients of servers without `$group`'s `$first` (see newest_of)
+
 
 class SQLDocuments:
     def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
@@ -223,11 +293,18 @@ class SQLDocuments:
         return row and self._record(row)
 
     def page(
-        self, model_id: str | None, after: Position | None, limit: int, matching: str | None = None
+        self,
+        model_id: str | None,
+        after: Position | None,
+        limit: int,
+        matching: str | None = None,
+        label: str | None = None,
     ) -> list[ImageRecord]:
         rows = self.rows.order_by("-uploaded_at", "-image_id")
         if model_id is not None:
             rows = rows.filter(model_id=model_id)
+        if label is not None:
+            rows = rows.filter(label=label)
         if matching:
             rows = rows.filter(Q(filename__icontains=matching) | Q(sha256__startswith=matching.lower()))
         if after is not None:
@@ -250,3 +327,22 @@ class SQLDocuments:
 
     def set_dimensions(self, image_id: str, width: int, height: int) -> None:
         self.rows.filter(image_id=image_id).update(width=width, height=height)
+
+    def set_label(self, image_id: str, label: str | None) -> ImageRecord | None:
+        with transaction.atomic(using=self.using):
+            before = self.get(image_id)
+            self.rows.filter(image_id=image_id).update(label=label)
+        return before
+
+    def get_many(self, image_ids: list[str]) -> list[ImageRecord]:
+        return [self._record(row) for row in self.rows.filter(image_id__in=image_ids)]
+
+    def newest_of(self, model_ids: list[str]) -> dict[str, ImageRecord]:
+        # One query: each model's rows numbered newest first (a window function), the first kept.
+        newest_first = Window(
+            RowNumber(),
+            partition_by=[F("model_id")],
+            order_by=[F("uploaded_at").desc(), F("image_id").desc()],
+        )
+        rows = self.rows.filter(model_id__in=model_ids).annotate(rank=newest_first).filter(rank=1)
+        return {row.model_id: self._record(row) for row in rows}

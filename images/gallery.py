@@ -26,9 +26,9 @@ from .negotiation import LenientNegotiation
 from .throttling import ReadRateThrottle
 
 PAGE_SIZE = 24  # cards per API page: a few screens on a desktop, so scrolling fetches the next
-# Only the service's own files; blob: is for images the page fetched itself, with an API key.
+# Only the service's own files (private images come from signed URLs, which are the service's too).
 CSP = (
-    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
 

@@ -1,9 +1,10 @@
 """Per-process caches for the hot read path, so a popular small image costs no query and no disk.
 
-- `TTLCache` keeps answers for a few seconds: records by id (a record never changes, it can only be
-  deleted), a model's newest record, API key checks. A delete forgets its own entries at once; other
-  workers may serve a deleted image for at most HOT_CACHE_SECONDS, which is far less than the year
-  that `immutable` lets any cache in front keep it anyway.
+- `TTLCache` keeps answers for a few seconds: records by id (a record's bytes never change; its label
+  can, and it can be deleted), a model's cover or newest record, API key checks. A write forgets its
+  own entries at once; other workers may serve a deleted image or an old label or cover for at most
+  HOT_CACHE_SECONDS, which is far less than the year that `immutable` lets any cache in front keep
+  the bytes anyway.
 - `BlobCache` keeps the bytes of small blobs, least recently used first out, within HOT_CACHE_MB.
   Blob names are content-addressed, so cached bytes are never stale.
 - `AnswerCache` keeps whole answers of the content endpoints (headers, and the blob whose bytes are

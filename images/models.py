@@ -15,6 +15,7 @@ class StoredImage(models.Model):
     uploaded_at = models.DateTimeField()
     # None, not "", for "nobody" (open mode), exactly as in MongoDB.
     uploaded_by = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    label = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001  (None: no label, as in MongoDB)
 
     class Meta:
         db_table = "images"
@@ -24,6 +25,9 @@ class StoredImage(models.Model):
         indexes = [
             models.Index(fields=["model_id", "-uploaded_at", "-image_id"], name="images_model_newest"),
             models.Index(fields=["-uploaded_at", "-image_id"], name="images_newest"),
+            models.Index(
+                fields=["model_id", "label", "-uploaded_at", "-image_id"], name="images_model_label_newest"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -73,3 +77,17 @@ class DerivativeUse(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Cover(models.Model):
+    """A model's chosen cover image (images/covers.py); Mongo mode keeps the same in `covers`."""
+
+    model_id = models.CharField(max_length=128, primary_key=True)
+    image_id = models.CharField(max_length=24)
+    set_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "covers"
+
+    def __str__(self) -> str:
+        return f"{self.model_id}: {self.image_id}"

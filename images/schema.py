@@ -15,10 +15,10 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from PIL import Image
 from rest_framework import serializers
 
-from . import derivatives
+from . import derivatives, signing
 from .pagination import COUNT_HEADER, DEFAULT_LIMIT, MAX_LIMIT
-from .serializers import ImageSerializer
-from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE
+from .serializers import ImageSerializer, ModelsSerializer
+from .validation import LABEL_PATTERN, LABEL_RULE, MAX_MODELS, MODEL_ID_PATTERN, MODEL_ID_RULE
 
 IMAGE_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 # Originals in their allowed types, derivatives in any output format.
@@ -183,6 +183,42 @@ MODEL_ID_PARAM = OpenApiParameter(
 MODEL_ID_FILTER = OpenApiParameter(
     "model_id", str, pattern=MODEL_ID_PATTERN, description="Only this model's images."
 )
+MODEL_ID_LIST = {"type": "string", "pattern": MODEL_ID_PATTERN}
+MODEL_IDS_PARAM = OpenApiParameter(
+    "model_id",
+    {"type": "array", "items": MODEL_ID_LIST, "minItems": 1, "maxItems": MAX_MODELS},
+    required=True,
+    explode=True,
+    description=f"The models, repeated: `?model_id=a&model_id=b` (up to {MAX_MODELS}).",
+)
+MODEL_IDS_BODY = {
+    "application/json": {"type": "array", "items": MODEL_ID_LIST, "minItems": 1, "maxItems": MAX_MODELS}
+}
+TTL_PARAM = OpenApiParameter(
+    "ttl",
+    {"type": "integer", "minimum": 1, "maximum": signing.MAX_TTL, "default": signing.DEFAULT_TTL},
+    description="How long the signed URL works, in seconds.",
+)
+SIGNED_PRESET_PARAM = OpenApiParameter(
+    "preset",
+    {"type": "string", "enum": list(settings.DERIVATIVE_PRESETS)},
+    description="Sign the URL of this derivative preset instead of the original's.",
+)
+SIGNED = [
+    OpenApiParameter(
+        "signed",
+        {"type": "boolean", "default": False},
+        description="`true` adds `signed_urls` to each image: its original's and its presets' URLs, "
+        "which work without credentials for `ttl` seconds.",
+    ),
+    TTL_PARAM,
+]
+LABEL_FILTER = OpenApiParameter(
+    "label", str, pattern=LABEL_PATTERN, description=f"Only images with this label ({LABEL_RULE})."
+)
+LABEL_PICK = OpenApiParameter(
+    "label", str, pattern=LABEL_PATTERN, description="The newest image with this label instead."
+)
 PAGE = [
     OpenApiParameter(
         "limit",
@@ -274,7 +310,8 @@ COMMON_ERRORS = {
 }
 NO_IMAGE = {404: "There is no such image."}
 NO_MODEL = {404: "The model has no images."}
-BAD_PAGE = {400: "model_id, limit, cursor or count is not valid."}
+BAD_SIGNED = {400: "signed or ttl is not valid."}
+BAD_PAGE = {400: "model_id, label, limit, cursor, count, signed or ttl is not valid."}
 
 
 def errors(*described: dict[int, str]) -> dict:
@@ -300,3 +337,5 @@ def image_bytes(description: str, *described_errors: dict[int, str]) -> dict:
 
 
 LISTED = OpenApiResponse(ImageSerializer(many=True), "Images, newest first.")
+MODELS_FOUND = OpenApiResponse(ModelsSerializer, "The models' images.")
+BAD_MODELS = {400: f"No model_id, more than {MAX_MODELS}, or one that is not valid; or signed or ttl is not."}

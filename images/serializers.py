@@ -5,8 +5,16 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
+from . import signing
 from .errors import InvalidRequest
-from .validation import MODEL_ID_PATTERN, MODEL_ID_RULE, validate_model_id
+from .validation import (
+    LABEL_PATTERN,
+    LABEL_RULE,
+    MODEL_ID_PATTERN,
+    MODEL_ID_RULE,
+    validate_label,
+    validate_model_id,
+)
 
 
 class ImageSerializer(serializers.Serializer):
@@ -24,11 +32,63 @@ class ImageSerializer(serializers.Serializer):
     uploaded_by = serializers.CharField(
         allow_null=True, help_text="The API key's name or the token's `sub`; null in open mode."
     )
+    label = serializers.CharField(allow_null=True, help_text="Which view of the model this is; null if none.")
+    cover = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
+    signed_urls = serializers.DictField(
+        child=serializers.URLField(),
+        required=False,  # a record has none: to_representation adds them when asked
+        help_text="Only with `?signed=true`: URLs of the original and of each preset that work without "
+        "credentials until they expire (`?ttl=` seconds, default 3600).",
+    )
+
+    def to_representation(self, record) -> dict:
+        data = super().to_representation(record)
+        if (ttl := self.context.get("signed_ttl")) is not None:  # opt-in: signing costs time
+            data["signed_urls"] = self.signed_urls_of(record, ttl)
+        return data
+
+    def signed_urls_of(self, record, ttl: int) -> dict[str, str]:
+        build = self.context["request"].build_absolute_uri
+        path = f"/images/{record.image_id}/content"
+        urls = {"original": build(signing.sign(path, {}, ttl)[0])}
+        for preset in settings.DERIVATIVE_PRESETS:
+            urls[preset] = build(signing.sign(path, {"preset": preset}, ttl)[0])
+        return urls
+
+    def get_cover(self, record) -> bool:
+        """Whether the image is its model's chosen cover: the views pass the covers they looked up."""
+        return record.image_id in self.context.get("covers", ())
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_url(self, record) -> str:
         return self.context["request"].build_absolute_uri(f"/images/{record.image_id}/content")
+
+
+class ModelImageSerializer(ImageSerializer):
+    """A model's image in a batch lookup: its metadata, with a thumbnail's URL beside the original's."""
+
+    thumb = serializers.SerializerMethodField()
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_thumb(self, record) -> str:
+        return f"{self.get_url(record)}?preset={thumb_preset()}"
+
+
+class ModelsSerializer(serializers.Serializer):
+    """A batch lookup's answer: an object, so that a client reads `models[model_id]`."""
+
+    models = serializers.DictField(
+        child=ModelImageSerializer(allow_null=True),
+        help_text="Each model_id asked for, in that order: its cover (else newest) image, or null "
+        "when it has no images.",
+    )
+
+
+def thumb_preset() -> str:
+    """The derivative preset that batch lookups link as `thumb`: `thumb`, else the smallest."""
+    presets = settings.DERIVATIVE_PRESETS
+    return "thumb" if "thumb" in presets else min(presets, key=presets.get)
 
 
 class OneFileField(serializers.FileField):
@@ -63,6 +123,18 @@ class ModelIdField(serializers.RegexField):
         return validate_model_id(None if data is empty else data)
 
 
+class LabelField(serializers.RegexField):
+    """A label, checked by `validate_label` so that it fails with `invalid_label`; null clears it."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(LABEL_PATTERN, max_length=32, help_text=LABEL_RULE + ".", **kwargs)
+
+    def run_validation(self, data=empty) -> str | None:
+        if data is empty or (data is None and self.allow_null):
+            return super().run_validation(data)
+        return validate_label(data)
+
+
 # The upload's only parser (`ImageViewSet.upload`), so the form that the schema and the browsable API
 # show is the one the service checks; the file is checked first, then the model_id. (The docstring
 # is the schema's description.)
@@ -74,3 +146,25 @@ class UploadSerializer(serializers.Serializer):
         "called `image`, as some older clients send it."
     )
     model_id = ModelIdField()
+    label = LabelField(required=False)
+
+
+class LabelSerializer(serializers.Serializer):
+    """`PATCH /images/<image_id>`: the one field of a record that may change."""
+
+    label = LabelField(allow_null=True)
+
+
+class CoverSerializer(serializers.Serializer):
+    """`PUT /models/<model_id>/cover`: which of the model's images represents it."""
+
+    image_id = serializers.CharField(help_text="One of the model's images.")
+
+
+class SignedUrlSerializer(serializers.Serializer):
+    """`GET /images/<image_id>/signed-url`: a URL of the bytes that needs no credential until `expires_at`."""
+
+    url = serializers.URLField(
+        help_text="The content URL with `exp` and `sig`; any change to it makes it fail."
+    )
+    expires_at = serializers.DateTimeField()

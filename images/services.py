@@ -14,6 +14,7 @@ the blob goes with its last pin (see images/storage.py).
 import hashlib
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def find_record(image_id: str) -> ImageRecord | None:
-    """The record, from the hot cache when this process read it lately (a record never changes)."""
+    """The record, from the hot cache when this process read it lately (only its label changes, and
+    `set_label` forgets it here; other workers may show the old label for HOT_CACHE_SECONDS)."""
     return hotcache.records.get(hotcache.key("record", image_id), lambda: get_backend().records.get(image_id))
 
 
@@ -47,20 +49,105 @@ def find_by_content(model_id: str, sha256: str) -> ImageRecord | None:
     return get_backend().records.find(model_id, sha256)
 
 
-def newest_record(model_id: str) -> ImageRecord:
-    records = hotcache.records.get(
-        hotcache.key("newest", model_id), lambda: get_backend().records.page(model_id, None, 1)
-    )
+def model_record(model_id: str, label: str | None = None) -> ImageRecord:
+    """What `GET /image/<model_id>` shows: the model's cover when it has one, else its newest image
+    (with `label`, the newest with that label). Kept in the hot cache like a record: the writes here
+    forget it in this process, other workers may show the previous one for HOT_CACHE_SECONDS."""
+    records = hotcache.records.get(hotcache.key("newest", model_id, label), lambda: _chosen(model_id, label))
     if not records:
-        raise NotFound(f"Model {model_id!r} has no images.")
+        with_label = f" with label {label!r}" if label is not None else ""
+        raise NotFound(f"Model {model_id!r} has no images{with_label}.")
     return records[0]
 
 
+def _chosen(model_id: str, label: str | None) -> list[ImageRecord]:
+    """The model's cover (unless a label is asked for), else its newest record: at most one."""
+    if label is None and (cover := cover_record(model_id)):
+        return [cover]
+    return get_backend().records.page(model_id, None, 1, label=label)
+
+
+def cover_record(model_id: str) -> ImageRecord | None:
+    """The model's cover's record. A cover whose image went meanwhile (a delete racing the PUT)
+    counts as none, so reads fall back to the newest."""
+    backend = get_backend()
+    image_id = backend.covers.get(model_id)
+    record = image_id and backend.records.get(image_id)
+    return record if record and record.model_id == model_id else None
+
+
+def set_cover(model_id: str, image_id: str) -> ImageRecord:
+    """Makes the model's image `image_id` its cover; the image must exist and be the model's."""
+    backend = get_backend()
+    with backend.lookup_deadline():  # a find and a replace: a hung MongoDB is a 503 as for a lookup
+        record = backend.records.get(image_id)
+        if record is None:
+            raise NotFound(f"No image has image_id {image_id!r}.")
+        if record.model_id != model_id:
+            raise InvalidRequest(
+                f"Image {image_id} belongs to model {record.model_id!r}, not {model_id!r}.",
+                code="image_of_another_model",
+            )
+        backend.covers.set(model_id, image_id)
+    _forget_model(model_id)
+    return record
+
+
+def clear_cover(model_id: str) -> bool:
+    """Clears the model's cover: its newest image shows again. Whether it had one."""
+    backend = get_backend()
+    with backend.lookup_deadline():
+        cleared = backend.covers.clear(model_id)
+    _forget_model(model_id)
+    return cleared
+
+
+def model_records(model_ids: list[str]) -> tuple[dict[str, ImageRecord | None], set[str]]:
+    """Each model's cover, else its newest record (None for a model without images), and the
+    image_ids that are covers: in one round of queries whatever the number of models, namely the
+    covers (one `_id $in`), their records (one `_id $in`) and the newest of the others (one query)."""
+    backend = get_backend()
+    with backend.lookup_deadline():  # a POST, which LookupDeadline leaves out, but only a lookup
+        covers = backend.covers.many(model_ids)
+        chosen = {
+            record.model_id: record
+            for record in (backend.records.get_many(list(covers.values())) if covers else [])
+            if covers.get(record.model_id) == record.image_id
+        }
+        cover_ids = {record.image_id for record in chosen.values()}
+        if rest := [m for m in model_ids if m not in chosen]:
+            chosen |= backend.records.newest_of(rest)
+    return {m: chosen.get(m) for m in model_ids}, cover_ids
+
+
+def list_covers(limit: int) -> list[tuple[str, str, datetime]]:
+    """Up to `limit` covers as (model_id, image_id, set_at), the latest set first (the admin)."""
+    return get_backend().covers.all(limit)
+
+
+def covers_among(records: list[ImageRecord]) -> set[str]:
+    """The image_ids of `records` that are their model's cover, in one query."""
+    if not records:
+        return set()
+    covers = get_backend().covers.many(sorted({r.model_id for r in records}))
+    return {r.image_id for r in records if covers.get(r.model_id) == r.image_id}
+
+
+def _forget_model(model_id: str, *labels: str | None) -> None:
+    """Forgets, in this process, what `model_record` answered for the model (and these labels)."""
+    for label in {None, *labels}:
+        hotcache.records.forget(hotcache.key("newest", model_id, label))
+
+
 def page(
-    model_id: str | None, after: Position | None, limit: int, matching: str | None = None
+    model_id: str | None,
+    after: Position | None,
+    limit: int,
+    matching: str | None = None,
+    label: str | None = None,
 ) -> list[ImageRecord]:
     """Up to `limit` records, newest first, after `after` (see documents.Documents.page)."""
-    return get_backend().records.page(model_id, after, limit, matching)
+    return get_backend().records.page(model_id, after, limit, matching, label)
 
 
 def count(model_id: str | None = None) -> int:
@@ -82,9 +169,21 @@ def derivative_size(record: ImageRecord, spec: derivatives.Spec) -> int:
 
 
 def set_dimensions(image_id: str, width: int, height: int) -> None:
-    """The one change a record gets (fsck --repair); this process's cached copy goes with it."""
+    """fsck --repair's change of a record; this process's cached copy goes with it."""
     get_backend().records.set_dimensions(image_id, width, height)
     hotcache.records.forget(hotcache.key("record", image_id))
+
+
+def set_label(image_id: str, label: str | None) -> ImageRecord:
+    """Sets or (None) clears an image's label; the record as it is now."""
+    backend = get_backend()
+    with backend.lookup_deadline():  # one small write: a hung MongoDB is a 503 as soon as a lookup's
+        before = backend.records.set_label(image_id, label)
+    if before is None:
+        raise NotFound(f"No image has image_id {image_id!r}.")
+    hotcache.records.forget(hotcache.key("record", image_id))
+    _forget_model(before.model_id, before.label, label)
+    return replace(before, label=label)
 
 
 def max_upload_bytes() -> int:
@@ -121,6 +220,7 @@ def add_image(
     uploaded_at: datetime | None = None,
     image_id: str | None = None,
     uploaded_by: str | None = None,
+    label: str | None = None,
 ) -> tuple[ImageRecord, bool]:
     """Stores `file` for `model_id`; returns the record and whether it is new.
 
@@ -140,6 +240,7 @@ def add_image(
         height=info.height,
         uploaded_at=uploaded_at or now(),
         uploaded_by=uploaded_by,
+        label=label,
     )
     # A concurrent upload of the same bytes for the same model may win the insert and then be
     # deleted before we read it: each round either stores ours or finds theirs, and two such
@@ -154,7 +255,7 @@ def add_image(
             raise InvalidRequest(f"image_id {image_id} belongs to another image.", code="image_id_taken")
     else:
         raise StorageUnavailable("The image was changed concurrently; retry.")
-    hotcache.records.forget(hotcache.key("newest", model_id))
+    _forget_model(model_id, label)
     with timed("base_save"):
         derivatives.keep_base(sha256, info.preview)
     IMAGES_STORED.inc()
@@ -195,16 +296,17 @@ def release_blob(storage: Storage, sha256: str, holder: str) -> None:
 
 
 def delete_image(image_id: str) -> ImageRecord | None:
-    """Deletes the record, then gives back its pin; None if it was not there (or another delete of
-    it won: exactly one caller gets the record)."""
+    """Deletes the record, clears the model's cover if it was this image, then gives back its pin;
+    None if it was not there (or another delete of it won: exactly one caller gets the record)."""
     backend = get_backend()
     with timed("delete"):
         record = backend.records.delete(image_id)
         if record is not None:
+            backend.covers.clear(record.model_id, image_id)  # if it was the cover
             release_blob(backend.blobs, record.sha256, image_id)
     if record is not None:
         hotcache.records.forget(hotcache.key("record", image_id))
-        hotcache.records.forget(hotcache.key("newest", record.model_id))
+        _forget_model(record.model_id, record.label)
     return record
 
 

@@ -18,6 +18,9 @@ from .errors import InvalidRequest, UnprocessableImage, UnsupportedImageType
 MODEL_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # of the whole value: see validate_model_id
 MODEL_ID_PATTERN = f"^{MODEL_ID_RE.pattern}$"  # the same rule, as the OpenAPI schema states it
 MODEL_ID_RULE = "model_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'"
+LABEL_RE = re.compile(r"[a-z0-9_-]{1,32}")  # which view an image is: "front", "side", "top"
+LABEL_PATTERN = f"^{LABEL_RE.pattern}$"
+LABEL_RULE = "label must be 1-32 characters of a-z, 0-9, '_' and '-'"
 MAX_FILENAME = 255
 EXIF_ORIENTATION = 0x0112
 # EXIF orientations that turn the picture a quarter (5-8): it is shown with width and height swapped.
@@ -44,6 +47,22 @@ class ImageInfo:
 def validate_model_id(value: object) -> str:
     if not isinstance(value, str) or not MODEL_ID_RE.fullmatch(value):
         raise InvalidRequest(MODEL_ID_RULE, code="invalid_model_id")
+    return value
+
+
+MAX_MODELS = 100  # per batch lookup: one round of queries, whatever the number
+
+
+def validate_model_ids(values: object) -> list[str]:
+    """A batch lookup's model_ids: 1 to MAX_MODELS valid ones, each once, in the order given."""
+    if not isinstance(values, list) or not 1 <= len(values) <= MAX_MODELS:
+        raise InvalidRequest(f"Send a list of 1 to {MAX_MODELS} model_ids.", code="invalid_model_ids")
+    return list(dict.fromkeys(validate_model_id(value) for value in values))
+
+
+def validate_label(value: object) -> str:
+    if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
+        raise InvalidRequest(LABEL_RULE, code="invalid_label")
     return value
 
 

@@ -159,7 +159,8 @@ STORAGES = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "tmp")
 FILE_UPLOAD_PERMISSIONS = 0o644
-DATA_UPLOAD_MAX_NUMBER_FIELDS = env.int("MAX_FORM_FIELDS", default=20)
+# Query parameters count too: GET /models takes up to 100 model_id parameters (images/validation.py).
+DATA_UPLOAD_MAX_NUMBER_FIELDS = env.int("MAX_FORM_FIELDS", default=110)
 DATA_UPLOAD_MAX_NUMBER_FILES = env.int("MAX_FORM_FILES", default=2)
 # Slow clients (imageservice/workers.py): a request's head must arrive within CLIENT_TIMEOUT seconds,
 # and its body, after that much grace, at MIN_UPLOAD_RATE_KB KiB/s on average, or it gets a 408.
@@ -208,6 +209,10 @@ JWT_HS256_SECRET = env.str("JWT_HS256_SECRET", default="")
 JWT_PUBLIC_KEY = env.str("JWT_PUBLIC_KEY", default="", multiline=True)
 JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
 JWT_ISSUER = env.str("JWT_ISSUER", default="")
+# Signed URLs (images/signing.py): the HMAC key (empty: SECRET_KEY, under a salt of its own), and
+# keys that signed URLs still in use, still accepted after a rotation.
+URL_SIGNING_KEY = env.str("URL_SIGNING_KEY", default="")
+URL_SIGNING_OLD_KEYS = env.list("URL_SIGNING_OLD_KEYS", default=[])
 # Password sign-in (gallery and admin), throttled by django-axes (images/signin.py): this many
 # failures for one user name, or from one address, lock both out for this long.
 AUTHENTICATION_BACKENDS = [

@@ -10,8 +10,8 @@ newer image of the model or an entry's expiry sends the next request through Dja
 
 "The same request" is everything an answer can depend on (`answer_key`): the method, path and query,
 the headers that CORS, content negotiation, conditional requests, host checks and the scheme look at.
-Requests that carry what makes an answer depend on more (a credential, a cookie, a body, a range or
-a date-based precondition) always go through Django, and so does everything while reads are
+Requests that carry what makes an answer depend on more (a credential, a signature, a cookie, a
+body, a range or a date-based precondition) always go through Django, and so does everything while reads are
 throttled (each read must be counted) or DISALLOWED_USER_AGENTS is set.
 """
 
@@ -29,7 +29,7 @@ django.setup(set_prefix=False)  # as get_wsgi_application() does; what follows n
 
 from rest_framework.settings import api_settings  # noqa: E402
 
-from images import hotcache  # noqa: E402
+from images import hotcache, signing  # noqa: E402
 from images.observability import BYTES_ENDPOINTS, client_name, observe, request_id  # noqa: E402
 
 CONTENT_PATHS = ("/images/", "/image/")
@@ -71,6 +71,8 @@ def answer_key(environ: dict) -> Hashable | None:
         return None
     if settings.DISALLOWED_USER_AGENTS or api_settings.DEFAULT_THROTTLE_RATES.get("read"):
         return None
+    if f"{signing.SIGNATURE}=" in environ.get("QUERY_STRING", ""):
+        return None  # a signed URL's expiry is checked on every request (a false match costs only speed)
     return (method, *(environ.get(name) for name in KEYED))
 
 

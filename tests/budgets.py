@@ -19,7 +19,8 @@ BUDGETS = {
         ("find", "fs.files"),
         ("insert", "images"),
     ],
-    "upload known": [("find", "images")],  # the same bytes for the same model: 200, nothing written
+    # the same bytes for the same model: 200, nothing written; is it the model's cover?
+    "upload known": [("find", "images"), ("find", "covers")],
     "upload shared": [  # bytes that another model's image holds: a pin and a record
         ("find", "images"),
         ("insert", "fs.pins"),
@@ -28,10 +29,16 @@ BUDGETS = {
         ("insert", "images"),
     ],
     "GET by id, cold": [("find", "images"), ("find", "fs.files"), ("find", "fs.chunks")],
-    "GET by model_id, cold": [("find", "images"), ("find", "fs.files"), ("find", "fs.chunks")],
+    # the model's cover, by _id; else its newest record
+    "GET by model_id, cold": [
+        ("find", "covers"),
+        ("find", "images"),
+        ("find", "fs.files"),
+        ("find", "fs.chunks"),
+    ],
     "GET, hot": [],
     "304, hot": [],
-    "listing page": [("find", "images")],
+    "listing page": [("find", "images"), ("find", "covers")],  # the page's covers: one _id $in
     # the record; the derivative's size (it exists), its use; its files document and chunks
     "derivative hit, cold": [
         ("find", "images"),
@@ -40,10 +47,11 @@ BUDGETS = {
         ("find", "fs.files"),
         ("find", "fs.chunks"),
     ],
-    # the record, then its delete; the pin's delete, under the closing mark: other pins?
+    # the record, then its delete; the model's cover if it was this image; the pin's delete, under the closing mark: other pins?
     "delete, bytes shared": [
         ("find", "images"),
         ("delete", "images"),
+        ("delete", "covers"),
         ("delete", "fs.pins"),
         ("insert", "fs.closing"),
         ("find", "fs.pins"),
@@ -54,6 +62,7 @@ BUDGETS = {
     "delete, last": [
         ("find", "images"),
         ("delete", "images"),
+        ("delete", "covers"),
         ("delete", "fs.pins"),
         ("insert", "fs.closing"),
         ("find", "fs.pins"),

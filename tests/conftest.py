@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from tests import servers
-from tests.helpers import MODES, Live, Store, store_env
+from tests.helpers import MODES, CommandCounter, Live, Store, store_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -85,6 +85,18 @@ def configure_store(mode: str, settings, tmp_path: Path, request) -> Iterator[St
 def store(request, settings, tmp_path, db) -> Iterator[Store]:
     """Django's test database is set up in both modes: Django's own tables live there anyway."""
     yield from configure_store(request.param, settings, tmp_path, request)
+
+
+@pytest.fixture
+def mongo_commands(store, monkeypatch, settings) -> Iterator[CommandCounter]:
+    """Counts the commands the service sends to MongoDB, through its own client (Mongo mode only)."""
+    from images import mongo
+
+    counter = CommandCounter()
+    client = pymongo.MongoClient(settings.MONGO["URI"], tz_aware=True, event_listeners=[counter])
+    monkeypatch.setattr(mongo, "get_client", lambda: client)
+    yield counter
+    client.close()
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ import requests
 from django.core.files.storage import storages
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from pymongo import monitoring
 
 from images.backend import get_backend
 from images.derivatives import Spec
@@ -62,12 +63,21 @@ class Store:
 
 
 def upload(
-    client, data: bytes, model_id: str | None = "m1", name: str = "a.jpg", field: str = "file", **extra
+    client,
+    data: bytes,
+    model_id: str | None = "m1",
+    name: str = "a.jpg",
+    field: str = "file",
+    label: str | None = None,
+    **extra,
 ):
-    """POST /upload as the old clients do; `extra` carries request headers (HTTP_AUTHORIZATION=...)."""
+    """POST /upload as the old clients do (with `label`, as new ones may); `extra` carries request
+    headers (HTTP_AUTHORIZATION=...)."""
     form = {field: SimpleUploadedFile(name, data, content_type="image/jpeg")}
     if model_id is not None:
         form["model_id"] = model_id
+    if label is not None:
+        form["label"] = label
     return client.post("/upload", form, **extra)
 
 
@@ -222,3 +232,36 @@ def drop_pin(store, name: str, holder: str) -> None:
         store.mongo_db["fs.pins"].delete_one({"_id": f"{name}/{holder}"})
     else:
         (Path(store.storage._refs(name)) / holder).unlink()
+
+
+def command_call(command: dict) -> tuple[str, str]:
+    """A command's name and collection: a getMore names its cursor first, the others their collection."""
+    name = next(iter(command))
+    return name, command["collection"] if name == "getMore" else str(command[name])
+
+
+class CommandCounter(monitoring.CommandListener):
+    """The commands a MongoClient sends, whole and in order (the `mongo_commands` fixture)."""
+
+    def __init__(self) -> None:
+        self.commands: list[dict] = []
+
+    @property
+    def names(self) -> list[str]:
+        return [command_call(command)[0] for command in self.commands]
+
+    @property
+    def calls(self) -> list[tuple[str, str]]:
+        return [command_call(command) for command in self.commands]
+
+    def clear(self) -> None:
+        self.commands.clear()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass

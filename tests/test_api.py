@@ -24,6 +24,8 @@ FIELDS = {
     "height",
     "uploaded_at",
     "uploaded_by",
+    "label",
+    "cover",
     "url",
 }
 
@@ -300,7 +302,7 @@ def test_the_default_page_is_100_and_the_largest_1000(store, client, monkeypatch
     monkeypatch.setattr(
         cls,
         "page",
-        lambda self, m, a, limit, matching=None: asked.append(limit) or original(self, m, a, limit, matching),
+        lambda self, m, a, limit, *more: asked.append(limit) or original(self, m, a, limit, *more),
     )
     client.get("/images")
     client.get("/images?limit=1000")

@@ -362,6 +362,30 @@ def test_the_detail_view(open_site: Site, page: Page):
     expect(dialog).to_be_hidden()
 
 
+def test_label_and_cover_are_set_from_the_detail_view(open_site: Site, page: Page):
+    model_id = new_model_id("lamp")
+    older, newer = open_site.seed(model_id, 2)
+    page.goto(f"{open_site.url}/?model_id={model_id}")
+    card_of(page, older["filename"]).get_by_role("button").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.locator("#detail-meta")).to_contain_text("No")
+    dialog.get_by_label("Label").fill("front")
+    dialog.get_by_role("button", name="Set label").click()
+    expect(dialog.get_by_role("status")).to_have_text("Label set to front.")
+    dialog.get_by_role("button", name="Make cover").click()
+    expect(dialog.get_by_role("status")).to_have_text(f"This is now the picture of model {model_id}.")
+    expect(dialog.get_by_role("button", name="Make cover")).to_be_hidden()
+    expect(dialog.locator("#detail-meta")).to_contain_text("Yes: the model's picture")
+    page.keyboard.press("Escape")
+    expect(card_of(page, older["filename"]).locator(".badge")).to_have_text(["Cover", "front"])
+    expect(card_of(page, newer["filename"]).locator(".badge")).to_have_count(0)
+    # The API agrees: the model's picture is the cover now, not its newest image.
+    meta = requests.get(f"{open_site.url}/images/{older['image_id']}", timeout=30).json()
+    assert (meta["label"], meta["cover"]) == ("front", True)
+    shown = requests.get(f"{open_site.url}/image/{model_id}", timeout=30)
+    assert shown.headers["ETag"] == f'"{older["sha256"]}"'
+
+
 def test_delete_asks_for_confirmation_first(open_site: Site, page: Page):
     model_id = new_model_id("stool")
     [meta] = open_site.seed(model_id)
@@ -494,8 +518,9 @@ def test_private_reads_need_a_credential(private_site: Site, page: Page):
     expect(page.locator("#who")).to_have_text("Signed in as read-key (API key): you may view.")
     expect(cards(page)).to_have_count(2)
     expect(page.locator("#upload")).to_be_hidden()
-    for img in cards(page).get_by_role("img").all():  # an <img> cannot send the key: fetched blobs
-        wait_loaded(page, img, "img.src.startsWith('blob:') && img.naturalWidth > 0")
+    for img in cards(page).get_by_role("img").all():  # an <img> cannot send the key: signed URLs
+        wait_loaded(page, img, "img.src.includes('&sig=') && img.naturalWidth > 0")
+        assert requests.get(img.get_attribute("src"), timeout=30).status_code == 200  # no credential
     snap(page, private_site, "private-with-key")
 
 
@@ -599,8 +624,12 @@ def test_the_admin_fits_previews_and_manages_keys(auth_site: Site, page: Page):
 
 def test_swagger_ui_shows_locks_only_where_a_credential_is_needed(open_site: Site, page: Page):
     page.goto(f"{open_site.url}/api/docs/")
-    expect(page.locator(".opblock")).to_have_count(7)
+    expect(page.locator(".opblock")).to_have_count(13)
     for opblock in page.locator(".opblock").all():
-        needs_credential = "opblock-get" not in (opblock.get_attribute("class") or "")
+        reads = (
+            "opblock-get" in (opblock.get_attribute("class") or "")
+            or "/models/lookup" in opblock.inner_text()
+        )
+        needs_credential = not reads  # POST /models/lookup only reads
         expect(opblock.locator(".authorization__btn")).to_have_count(int(needs_credential))
     page.screenshot(path=SHOTS / f"{open_site.mode}-swagger.png")

@@ -81,6 +81,7 @@ def scaled_out(programs, mongo_uri: str, tmp_path_factory: pytest.TempPathFactor
                 "MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
                 "MAX_REQUEST_MB": str(MAX_REQUEST_MB),
                 "MODEL_IMAGE_MAX_AGE": "1",
+                "URL_SIGNING_KEY": "scaleout-signing-key",  # the same on both: either checks a URL
             }
             logs = {name: tmp / f"service-{name}.log" for name in "ab"}
             with (
@@ -169,6 +170,30 @@ def test_nginx_caches_content_and_derivatives(scaled_out: Topology) -> None:
     # A request with a credential is the caller's own: neither answered from the cache nor stored.
     private = requests.get(nginx + path, headers=scaled_out.writer, timeout=TIMEOUT)
     assert (private.status_code, private.headers["X-Cache-Status"]) == (200, "BYPASS")
+
+
+def test_nginx_keeps_one_copy_for_every_signature_and_checks_each(scaled_out: Topology) -> None:
+    """Signed URLs of the same bytes share a cache entry; a tampered or expired one is refused even
+    though the bytes are cached; an unsigned request never gets the signed entry."""
+    nginx = scaled_out.nginx
+    data = image_bytes("PNG", (64, 48), seed=5)
+    image_id = upload_to(nginx, data, "signed-5", headers=scaled_out.writer).json()["image_id"]
+
+    def signed(ttl: int) -> str:
+        answer = requests.get(f"{nginx}/images/{image_id}/signed-url?ttl={ttl}&preset=thumb", timeout=TIMEOUT)
+        return answer.json()["url"]  # absolute, made from nginx's Host
+
+    first, second = signed(600), signed(900)
+    assert first != second
+    answers = [requests.get(url, timeout=TIMEOUT) for url in (first, second)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.headers["X-Cache-Status"] for a in answers] == ["MISS", "HIT"]
+    assert int(answers[0].headers["Cache-Control"].split("max-age=")[1].split(",")[0]) <= 600
+    tampered = second[:-2] + ("AA" if not second.endswith("AA") else "BB")
+    refused = requests.get(tampered, timeout=TIMEOUT)
+    assert (refused.status_code, refused.json()["error"]) == (403, "bad_signature")
+    unsigned = requests.get(f"{nginx}/images/{image_id}/content?preset=thumb", timeout=TIMEOUT)
+    assert (unsigned.status_code, unsigned.headers["X-Cache-Status"]) == (200, "MISS")  # its own entry
 
 
 def test_nginx_revalidates_a_models_newest_image(scaled_out: Topology) -> None:

@@ -146,3 +146,14 @@ def test_throttled_reads_are_each_counted(calls, client, settings):
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"read": "2/min"}}
     statuses = [calls(f"/images/{image_id}/content")[0][:3] for _ in range(3)]
     assert statuses == ["200", "200", "429"]
+
+
+def test_a_signed_url_is_checked_on_every_request(calls, client):
+    """A signature expires: an answer to a signed URL is never sent again without Django's check."""
+    from images import signing
+
+    image_id = upload(client, image_bytes("PNG", (30, 30), seed=6), model_id="m1").json()["image_id"]
+    url, _ = signing.sign(f"/images/{image_id}/content", {}, 600)
+    path, query = url.split("?")
+    assert [calls(path, QUERY_STRING=query)[3] for _ in range(2)] == [True, True]
+    assert [calls(path, QUERY_STRING=query)[0][:3] for _ in range(2)] == ["200", "200"]

@@ -155,6 +155,7 @@ class Importer:
                 uploaded_at=record.uploaded_at,
                 image_id=record.image_id,
                 uploaded_by=record.uploaded_by,
+                label=record.label,
             )
         return (ADDED if created else PRESENT), None
 

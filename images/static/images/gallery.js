@@ -1,6 +1,7 @@
 // The gallery page: cards from GET /images (cursor pages, fetched as you scroll), uploads through
-// POST /upload (XHR, for upload progress), a detail dialog, and delete. It uses the caller's own
-// credential: the session cookie (with the CSRF token), or an API key kept in sessionStorage only.
+// POST /upload (XHR, for upload progress), a detail dialog with the label and the model's cover, and
+// delete. It uses the caller's own credential: the session cookie (with the CSRF token), or an API
+// key kept in sessionStorage only.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -16,8 +17,9 @@ let current = null; // the record shown in the detail dialog
 
 const apiKey = () => sessionStorage.getItem(KEY_ITEM);
 const can = (scope) => access.scopes.includes(scope);
-// An <img> cannot send an Authorization header: private reads with a key go through fetch().
-const readsNeedKey = () => Boolean(apiKey()) && !access.public_read && !access.open_mode;
+// An <img> cannot send an Authorization header: while reads are private, the page asks for signed
+// URLs (`signed=true`), which work without one until they expire.
+const signed = () => (!access.public_read && !access.open_mode ? { signed: "true" } : {});
 
 function headers() {
   const result = { "X-CSRFToken": csrfToken };
@@ -40,7 +42,11 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-const presetUrl = (record, preset) => `${record.url}?preset=${preset}`;
+// The URL of the original (no preset) or of a preset: the signed one when the page asked for them.
+function urlOf(record, preset) {
+  if (record.signed_urls) return record.signed_urls[preset || "original"];
+  return preset ? `${record.url}?preset=${preset}` : record.url;
+}
 
 // As the admin and the commands write sizes (images.bulk.human_bytes): 153 B, 1.4 kB, 2.0 MB.
 function formatSize(bytes) {
@@ -64,31 +70,7 @@ const modelLink = (modelId) => el("a", { href: `/?model_id=${encodeURIComponent(
 
 // --- Images: a derivative first, the original if the derivative cannot be made ---------------------
 
-async function fetchInto(img) {
-  for (const url of img.dataset.urls.split(" ")) {
-    const response = await fetch(url, { headers: headers() });
-    if (!response.ok) continue;
-    const objectUrl = URL.createObjectURL(await response.blob());
-    img.addEventListener("load", () => URL.revokeObjectURL(objectUrl), { once: true });
-    img.src = objectUrl;
-    return;
-  }
-}
-
-const keyedImages = new IntersectionObserver((entries) => {
-  for (const entry of entries.filter((e) => e.isIntersecting)) {
-    keyedImages.unobserve(entry.target);
-    fetchInto(entry.target);
-  }
-}, { rootMargin: "200px" });
-
-function setSource(img, urls, lazy = true) {
-  if (readsNeedKey()) {
-    img.dataset.urls = urls.join(" ");
-    if (lazy) keyedImages.observe(img);
-    else fetchInto(img);
-    return;
-  }
+function setSource(img, urls) {
   const [first, ...rest] = urls;
   if (rest.length) img.addEventListener("error", () => setSource(img, rest), { once: true });
   img.src = first;
@@ -96,26 +78,44 @@ function setSource(img, urls, lazy = true) {
 
 // --- The grid --------------------------------------------------------------------------------------
 
+const records = new Map(); // image_id -> the record its card shows
+
+function badges(record) {
+  const found = [];
+  if (record.cover) found.push(el("span", { className: "badge cover" }, "Cover"));
+  if (record.label) found.push(el("span", { className: "badge label" }, record.label));
+  return found;
+}
+
 function card(record) {
+  records.set(record.image_id, record);
   const img = el("img", { alt: record.filename, loading: "lazy", decoding: "async" });
-  setSource(img, [presetUrl(record, "thumb"), record.url]);
+  setSource(img, [urlOf(record, "thumb"), urlOf(record)]);
   const item = el(
     "li",
     { className: "card" },
     el("button", { type: "button", className: "thumb", title: `Open ${record.filename}` }, img),
-    el("p", { className: "model" }, modelLink(record.model_id)),
+    el("p", { className: "model" }, modelLink(record.model_id), ...badges(record)),
     el("p", { className: "filename" }, record.filename),
     el("p", { className: "facts" }, `${formatSize(record.size)} · ${record.width}×${record.height}`),
     el("p", { className: "facts" }, timeOf(record.uploaded_at)),
   );
   item.dataset.id = record.image_id;
   item.addEventListener("click", (event) => {
-    if (!event.target.closest("a")) openDetail(record);
+    if (!event.target.closest("a")) openDetail(records.get(record.image_id));
   });
   return item;
 }
 
 const cardOf = (imageId) => $("grid").querySelector(`[data-id="${imageId}"]`);
+
+// Shows a record's new state (its label, whether it is the cover) in its card.
+function update(record) {
+  const merged = { ...records.get(record.image_id), ...record };
+  cardOf(record.image_id)?.replaceWith(card(merged));
+  records.set(record.image_id, merged);
+  return merged;
+}
 
 function nextLink(header) {
   const match = /<([^>]+)>;\s*rel="next"/.exec(header || "");
@@ -169,10 +169,7 @@ function finish(row, status, body) {
   if (status === 200 || status === 201) {
     row.item.classList.add("ok");
     row.result.textContent = status === 201 ? "Added" : "Already there (duplicate)";
-    if (status === 201 && (!filter || body.model_id === filter) && !cardOf(body.image_id)) {
-      $("grid").prepend(card(body));
-      $("grid-status").textContent = "";
-    }
+    if (status === 201 && (!filter || body.model_id === filter) && !cardOf(body.image_id)) addCard(body);
   } else {
     row.item.classList.add("refused");
     row.result.textContent = status
@@ -181,11 +178,23 @@ function finish(row, status, body) {
   }
 }
 
-function upload(file, modelId, row) {
+async function addCard(record) {
+  if (signed().signed) {
+    // The upload's answer has no signed URLs: ask for them.
+    const response = await fetch(`/images/${record.image_id}?signed=true`, { headers: headers() });
+    if (!response.ok) return;
+    record = await response.json();
+  }
+  $("grid").prepend(card(record));
+  $("grid-status").textContent = "";
+}
+
+function upload(file, modelId, label, row) {
   return new Promise((resolve) => {
     const xhr = new XMLHttpRequest();
     const body = new FormData();
     body.append("model_id", modelId);
+    if (label) body.append("label", label);
     body.append("file", file);
     xhr.open("POST", "/upload");
     for (const [name, value] of Object.entries(headers())) xhr.setRequestHeader(name, value);
@@ -218,11 +227,12 @@ async function uploadChosen(event) {
   $("upload-error").textContent = files.length ? "" : "Choose at least one image.";
   if (!files.length) return;
   const modelId = $("upload-model").value.trim();
+  const label = $("upload-label").value.trim();
   $("uploads").replaceChildren();
   const rows = files.map(uploadRow);
   const button = $("upload-button");
   button.disabled = true;
-  for (const [i, file] of files.entries()) await upload(file, modelId, rows[i]);
+  for (const [i, file] of files.entries()) await upload(file, modelId, label, rows[i]);
   button.disabled = false;
   input.value = "";
 }
@@ -248,7 +258,7 @@ function openDetail(record) {
   $("detail-title").textContent = record.filename;
   const img = el("img", { id: "detail-image", alt: record.filename }); // new: no listener of the last
   $("detail-image").replaceWith(img);
-  setSource(img, [presetUrl(record, "full"), record.url], false);
+  setSource(img, [urlOf(record, "full"), urlOf(record)]);
   const facts = [
     ["Model ID", modelLink(record.model_id)],
     ["Filename", record.filename],
@@ -258,33 +268,56 @@ function openDetail(record) {
     ["Dimensions", `${record.width}×${record.height} px`],
     ["Uploaded", timeOf(record.uploaded_at)],
     ["Uploaded by", record.uploaded_by || "—"],
+    ["Label", record.label || "—"],
+    ["Cover", record.cover ? "Yes: the model's picture" : "No"],
     ["SHA-256", el("code", {}, record.sha256)],
   ];
   $("detail-meta").replaceChildren(...facts.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
   const sizes = Object.entries(config.presets).map(([name, box]) =>
-    sizeLink(presetUrl(record, name), `${name} (${box} px)`));
-  $("detail-links").replaceChildren("Open: ", sizeLink(record.url, "Original"), ...sizes);
+    sizeLink(urlOf(record, name), `${name} (${box} px)`));
+  $("detail-links").replaceChildren("Open: ", sizeLink(urlOf(record), "Original"), ...sizes);
   $("detail-url").value = record.url;
   $("detail-status").textContent = "";
+  $("label-form").hidden = !can("write");
+  $("detail-label").value = record.label || "";
+  $("make-cover").hidden = !can("write") || record.cover;
   $("delete").hidden = !can("admin");
   $("detail").showModal();
 }
 
-function sizeLink(url, text) {
-  const link = el("a", { href: url, target: "_blank", rel: "noopener" }, text);
-  link.addEventListener("click", async (event) => {
-    if (!readsNeedKey()) return;
-    event.preventDefault(); // the key cannot travel in a link: fetch, then save what came
-    const response = await fetch(url, { headers: headers() });
-    if (!response.ok) {
-      $("detail-status").textContent = await reason(response);
-      return;
-    }
-    const objectUrl = URL.createObjectURL(await response.blob());
-    el("a", { href: objectUrl, download: current.filename }).click();
-    setTimeout(() => URL.revokeObjectURL(objectUrl), 60_000);
+const sizeLink = (url, text) => el("a", { href: url, target: "_blank", rel: "noopener" }, text);
+
+async function sendJson(method, url, body) {
+  const json = { ...headers(), "Content-Type": "application/json" };
+  return fetch(url, { method, headers: json, body: JSON.stringify(body) });
+}
+
+async function setLabel(event) {
+  event.preventDefault();
+  const label = $("detail-label").value.trim() || null; // empty clears it
+  const response = await sendJson("PATCH", `/images/${current.image_id}`, { label });
+  if (!response.ok) {
+    $("detail-status").textContent = `Label not set: ${await reason(response)}`;
+    return;
+  }
+  openDetail(update({ label: (await response.json()).label, image_id: current.image_id }));
+  $("detail-status").textContent = label ? `Label set to ${label}.` : "Label cleared.";
+}
+
+async function makeCover() {
+  const record = current;
+  const response = await sendJson("PUT", `/models/${encodeURIComponent(record.model_id)}/cover`, {
+    image_id: record.image_id,
   });
-  return link;
+  if (!response.ok) {
+    $("detail-status").textContent = `Not made the cover: ${await reason(response)}`;
+    return;
+  }
+  for (const other of records.values()) {
+    if (other.model_id === record.model_id && other.cover) update({ image_id: other.image_id, cover: false });
+  }
+  openDetail(update({ image_id: record.image_id, cover: true }));
+  $("detail-status").textContent = `This is now the picture of model ${record.model_id}.`;
 }
 
 async function copyUrl() {
@@ -363,7 +396,8 @@ async function start() {
     $("grid-status").textContent = "Sign in, or use an API key, to see the images.";
     return;
   }
-  nextUrl = `/images?${new URLSearchParams({ limit: config.pageSize, ...(filter && { model_id: filter }) })}`;
+  const query = { limit: config.pageSize, ...(filter && { model_id: filter }), ...signed() };
+  nextUrl = `/images?${new URLSearchParams(query)}`;
   moreObserver.observe($("more"));
 }
 
@@ -373,6 +407,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("upload-form").addEventListener("submit", uploadChosen);
   $("copy-url").addEventListener("click", copyUrl);
   $("delete").addEventListener("click", deleteCurrent);
+  $("label-form").addEventListener("submit", setLabel);
+  $("make-cover").addEventListener("click", makeCover);
   setUpDropZone();
   start().catch((error) => {
     $("who").textContent = `Could not check access: ${error.message}`;
