@@ -71,7 +71,13 @@ export interface paths {
         delete: operations["delete_image"];
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Set or clear an image's label
+         * @description The label says which view of the model the image is (`front`, `side`, ...); several images of a model may share one. `null` clears it.
+         *
+         *     Needs the `write` scope.
+         */
+        patch: operations["set_image_label"];
         trace?: never;
     };
     "/images/{image_id}/content": {
@@ -96,6 +102,78 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/images/{image_id}/signed-url": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A signed URL of an image's bytes
+         * @description For an `<img src>` while reads are private: the URL works without credentials until it expires, for the original or a preset, and answers 403 once expired or changed.
+         *
+         *     Needs the `read` scope unless PUBLIC_READ is off.
+         */
+        get: operations["get_signed_url"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Look up several models' images
+         * @description Each model's cover, else its newest image, with a `thumb` URL, in one round of queries: up to 100 models. A model without images maps to `null`.
+         *
+         *     Needs the `read` scope unless PUBLIC_READ is off.
+         */
+        get: operations["lookup_models"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/models/{model_id}/cover": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Set a model's cover
+         * @description The cover is the image that `GET /image/<model_id>` and the batch lookups give for the model, instead of its newest. Deleting the image clears it.
+         *
+         *     Needs the `write` scope.
+         */
+        put: operations["set_model_cover"];
+        post?: never;
+        /**
+         * Clear a model's cover
+         * @description The model's newest image shows again. Clearing a model without a cover does nothing.
+         *
+         *     Needs the `write` scope.
+         */
+        delete: operations["clear_model_cover"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/models/{model_id}/images": {
         parameters: {
             query?: never;
@@ -112,6 +190,28 @@ export interface paths {
         get: operations["list_model_images"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/models/lookup": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Look up a long list of models' images
+         * @description As `GET /models`, for lists too long for a URL: the body is a JSON list of up to 100 model_ids. It only reads.
+         *
+         *     Needs the `read` scope unless PUBLIC_READ is off.
+         */
+        post: operations["lookup_models_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -144,6 +244,11 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description `PUT /models/<model_id>/cover`: which of the model's images represents it. */
+        CoverRequest: {
+            /** @description One of the model's images. */
+            image_id: string;
+        };
         /** @description The body of every error. */
         Error: {
             /** @description A stable code for programs, e.g. `invalid_model_id`. */
@@ -170,8 +275,70 @@ export interface components {
             uploaded_at: string;
             /** @description The API key's name or the token's `sub`; null in open mode. */
             uploaded_by: string | null;
+            /** @description Which view of the model this is; null if none. */
+            label: string | null;
+            /** @description Whether the image is its model's chosen cover: the views pass the covers they looked up. */
+            readonly cover: boolean;
             /** Format: uri */
             readonly url: string;
+            /** @description Only with `?signed=true`: URLs of the original and of each preset that work without credentials until they expire (`?ttl=` seconds, default 3600). */
+            signed_urls?: {
+                [key: string]: string;
+            };
+        };
+        /** @description A model's image in a batch lookup: its metadata, with a thumbnail's URL beside the original's. */
+        ModelImage: {
+            /** @description 24 hexadecimal characters. */
+            image_id: string;
+            model_id: string;
+            /** @description The uploaded file's name, sanitized. */
+            filename: string;
+            /** @description Sniffed from the bytes, whatever the client said. */
+            content_type: string;
+            /** @description In bytes. */
+            size: number;
+            /** @description Hex digest of the bytes; also the content's ETag. */
+            sha256: string;
+            width: number;
+            height: number;
+            /** Format: date-time */
+            uploaded_at: string;
+            /** @description The API key's name or the token's `sub`; null in open mode. */
+            uploaded_by: string | null;
+            /** @description Which view of the model this is; null if none. */
+            label: string | null;
+            /** @description Whether the image is its model's chosen cover: the views pass the covers they looked up. */
+            readonly cover: boolean;
+            /** Format: uri */
+            readonly url: string;
+            /** @description Only with `?signed=true`: URLs of the original and of each preset that work without credentials until they expire (`?ttl=` seconds, default 3600). */
+            signed_urls?: {
+                [key: string]: string;
+            };
+            /** Format: uri */
+            readonly thumb: string;
+        };
+        /** @description A batch lookup's answer: an object, so that a client reads `models[model_id]`. */
+        Models: {
+            /** @description Each model_id asked for, in that order: its cover (else newest) image, or null when it has no images. */
+            models: {
+                [key: string]: components["schemas"]["ModelImage"] | null;
+            };
+        };
+        /** @description `PATCH /images/<image_id>`: the one field of a record that may change. */
+        PatchedLabelRequest: {
+            /** @description label must be 1-32 characters of a-z, 0-9, '_' and '-'. */
+            label?: string | null;
+        };
+        /** @description `GET /images/<image_id>/signed-url`: a URL of the bytes that needs no credential until `expires_at`. */
+        SignedUrl: {
+            /**
+             * Format: uri
+             * @description The content URL with `exp` and `sig`; any change to it makes it fail.
+             */
+            url: string;
+            /** Format: date-time */
+            expires_at: string;
         };
         /** @description An image to store for a model, as multipart/form-data. */
         UploadRequest: {
@@ -182,6 +349,8 @@ export interface components {
             file: string;
             /** @description model_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'. */
             model_id: string;
+            /** @description label must be 1-32 characters of a-z, 0-9, '_' and '-'. */
+            label?: string;
         };
     };
     responses: never;
@@ -201,6 +370,8 @@ export interface operations {
                 format?: "jpeg" | "png" | "webp" | "avif" | "auto";
                 /** @description A derivative's largest height (an allowed size). */
                 h?: 64 | 128 | 256 | 512 | 1024 | 2048;
+                /** @description The newest image with this label instead. */
+                label?: string;
                 /** @description A named box (thumb: 256, card: 640, full: 1600 px) in format auto; not together with w or h. */
                 preset?: "thumb" | "card" | "full";
                 /** @description Quality. */
@@ -230,7 +401,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The model's newest image, or the derivative asked for. */
+            /** @description The model's cover, else its newest image (with label, its newest with that label), or the derivative asked for. */
             200: {
                 headers: {
                     /** @description The SHA-256 of the image's bytes, quoted (a derivative's: with its parameters). */
@@ -401,10 +572,16 @@ export interface operations {
                 count?: boolean;
                 /** @description Opaque: follow the `Link` header to the next page, never build it. */
                 cursor?: string;
+                /** @description Only images with this label (label must be 1-32 characters of a-z, 0-9, '_' and '-'). */
+                label?: string;
                 /** @description Images per page, 1 to 1000. */
                 limit?: number;
                 /** @description Only this model's images. */
                 model_id?: string;
+                /** @description `true` adds `signed_urls` to each image: its original's and its presets' URLs, which work without credentials for `ttl` seconds. */
+                signed?: boolean;
+                /** @description How long the signed URL works, in seconds. */
+                ttl?: number;
             };
             header?: never;
             path?: never;
@@ -425,7 +602,7 @@ export interface operations {
                     "application/json": components["schemas"]["Image"][];
                 };
             };
-            /** @description model_id, limit, cursor or count is not valid. */
+            /** @description model_id, label, limit, cursor, count, signed or ttl is not valid. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -480,7 +657,12 @@ export interface operations {
     };
     get_image: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `true` adds `signed_urls` to each image: its original's and its presets' URLs, which work without credentials for `ttl` seconds. */
+                signed?: boolean;
+                /** @description How long the signed URL works, in seconds. */
+                ttl?: number;
+            };
             header?: never;
             path: {
                 /** @description 24 hex characters. */
@@ -497,6 +679,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Image"];
+                };
+            };
+            /** @description signed or ttl is not valid. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             /** @description The credential is missing (and one is needed), not valid, revoked or expired. */
@@ -570,6 +761,93 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description The credential is missing (and one is needed), not valid, revoked or expired. */
+            401: {
+                headers: {
+                    /** @description The schemes to authenticate with. */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential does not have the scope this operation needs. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description There is no such image. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests from this caller: see Retry-After. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The image store is unreachable: retry after Retry-After seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    set_image_label: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 24 hex characters. */
+                image_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["PatchedLabelRequest"];
+            };
+        };
+        responses: {
+            /** @description The image's metadata, with its new label. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Image"];
+                };
+            };
+            /** @description The body is not `{"label": <label or null>}`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
             };
             /** @description The credential is missing (and one is needed), not valid, revoked or expired. */
             401: {
@@ -826,6 +1104,331 @@ export interface operations {
             };
         };
     };
+    get_signed_url: {
+        parameters: {
+            query?: {
+                /** @description Sign the URL of this derivative preset instead of the original's. */
+                preset?: "thumb" | "card" | "full";
+                /** @description How long the signed URL works, in seconds. */
+                ttl?: number;
+            };
+            header?: never;
+            path: {
+                /** @description 24 hex characters. */
+                image_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The signed URL. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignedUrl"];
+                };
+            };
+            /** @description ttl or preset is not valid. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential is missing (and one is needed), not valid, revoked or expired. */
+            401: {
+                headers: {
+                    /** @description The schemes to authenticate with. */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential does not have the scope this operation needs. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description There is no such image. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests from this caller: see Retry-After. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The image store is unreachable: retry after Retry-After seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    lookup_models: {
+        parameters: {
+            query: {
+                /** @description The models, repeated: `?model_id=a&model_id=b` (up to 100). */
+                model_id: string[];
+                /** @description `true` adds `signed_urls` to each image: its original's and its presets' URLs, which work without credentials for `ttl` seconds. */
+                signed?: boolean;
+                /** @description How long the signed URL works, in seconds. */
+                ttl?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The models' images. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Models"];
+                };
+            };
+            /** @description No model_id, more than 100, or one that is not valid; or signed or ttl is not. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential is missing (and one is needed), not valid, revoked or expired. */
+            401: {
+                headers: {
+                    /** @description The schemes to authenticate with. */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential does not have the scope this operation needs. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests from this caller: see Retry-After. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The image store is unreachable: retry after Retry-After seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    set_model_cover: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description model_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'. */
+                model_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CoverRequest"];
+            };
+        };
+        responses: {
+            /** @description The cover's metadata. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Image"];
+                };
+            };
+            /** @description model_id or the body is not valid, or the image is another model's. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential is missing (and one is needed), not valid, revoked or expired. */
+            401: {
+                headers: {
+                    /** @description The schemes to authenticate with. */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential does not have the scope this operation needs. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description There is no such image. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests from this caller: see Retry-After. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The image store is unreachable: retry after Retry-After seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    clear_model_cover: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description model_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'. */
+                model_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Cleared. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description model_id is not valid. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential is missing (and one is needed), not valid, revoked or expired. */
+            401: {
+                headers: {
+                    /** @description The schemes to authenticate with. */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential does not have the scope this operation needs. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests from this caller: see Retry-After. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The image store is unreachable: retry after Retry-After seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     list_model_images: {
         parameters: {
             query?: {
@@ -833,8 +1436,14 @@ export interface operations {
                 count?: boolean;
                 /** @description Opaque: follow the `Link` header to the next page, never build it. */
                 cursor?: string;
+                /** @description Only images with this label (label must be 1-32 characters of a-z, 0-9, '_' and '-'). */
+                label?: string;
                 /** @description Images per page, 1 to 1000. */
                 limit?: number;
+                /** @description `true` adds `signed_urls` to each image: its original's and its presets' URLs, which work without credentials for `ttl` seconds. */
+                signed?: boolean;
+                /** @description How long the signed URL works, in seconds. */
+                ttl?: number;
             };
             header?: never;
             path: {
@@ -858,7 +1467,7 @@ export interface operations {
                     "application/json": components["schemas"]["Image"][];
                 };
             };
-            /** @description model_id, limit, cursor or count is not valid. */
+            /** @description model_id, label, limit, cursor, count, signed or ttl is not valid. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -889,6 +1498,86 @@ export interface operations {
             };
             /** @description The model has no images. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many requests from this caller: see Retry-After. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The image store is unreachable: retry after Retry-After seconds. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    lookup_models_post: {
+        parameters: {
+            query?: {
+                /** @description `true` adds `signed_urls` to each image: its original's and its presets' URLs, which work without credentials for `ttl` seconds. */
+                signed?: boolean;
+                /** @description How long the signed URL works, in seconds. */
+                ttl?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": string[];
+            };
+        };
+        responses: {
+            /** @description The models' images. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Models"];
+                };
+            };
+            /** @description No model_id, more than 100, or one that is not valid; or signed or ttl is not. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential is missing (and one is needed), not valid, revoked or expired. */
+            401: {
+                headers: {
+                    /** @description The schemes to authenticate with. */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The credential does not have the scope this operation needs. */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
