@@ -47,7 +47,8 @@ BUDGETS = {
         ("find", "fs.files"),
         ("find", "fs.chunks"),
     ],
-    # the record, then its delete; the model's cover if it was this image; the pin's delete, under the closing mark: other pins?
+    # the record, then its delete; the model's cover if it was this image; the pin's delete; under
+    # the closing mark: other pins?
     "delete, bytes shared": [
         ("find", "images"),
         ("delete", "images"),
