@@ -50,7 +50,9 @@ import json
 from django.core.management import call_command
 from images import apikeys
 call_command("migrate", verbosity=0)
-scopes = {"write": ("write",), "admin": ("admin",), "read": ("read",), "flood": ("admin",)}
+scopes = {
+    "write": ("write",), "catalog": ("write",), "admin": ("admin",), "read": ("read",), "flood": ("admin",)
+}
 print(json.dumps({name: apikeys.create_key(name, scope) for name, scope in scopes.items()}))
 """
 
@@ -190,6 +192,7 @@ class Site:
     url: str
     origin: str  # the static site's, allowed by CORS
     keys: dict[str, str]
+    private_url: str | None  # the same store with PUBLIC_READ=false (embedded mode only)
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -197,7 +200,9 @@ def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, built_client
 ) -> Iterator[Site]:
     """The service with API keys, its uploads and deletes limited to 30 a minute per key, and
-    CORS open to a static site that serves clients/typescript/ (the build and the example page)."""
+    CORS open to a static site that serves clients/typescript/ (the build and the example page).
+    In embedded mode, a second service on the same store keeps reads private, for the signed URLs:
+    it costs a start (3-4 s here), and signing does not depend on the store."""
     data_dir = tmp_path_factory.mktemp(f"client-{request.param}")
     with ExitStack() as stack:
         origin = stack.enter_context(static_site(CLIENT))
@@ -209,7 +214,12 @@ def site(
         keys = json.loads(made.stdout.splitlines()[-1])
         # One worker: the throttle counts in each worker's memory, so the 429 comes at the 31st.
         served = stack.enter_context(servers.served(env, data_dir / "service.log", workers=1))
-        yield Site(request.param, served.url, origin, keys)
+        private_url = None
+        if request.param == "embedded":
+            private_env = env | {"PUBLIC_READ": "false"}
+            private_log = data_dir / "private.log"
+            private_url = stack.enter_context(servers.served(private_env, private_log, workers=1)).url
+        yield Site(request.param, served.url, origin, keys, private_url)
 
 
 def test_the_client_against_the_live_service(site: Site, tmp_path: Path):
@@ -221,6 +231,7 @@ def test_the_client_against_the_live_service(site: Site, tmp_path: Path):
         "IMAGE_SERVICE_URL": site.url,
         "IMAGE_SERVICE_KEYS": json.dumps(site.keys),
         "IMAGE_SERVICE_SAMPLES": str(tmp_path),
+        **({"IMAGE_SERVICE_PRIVATE_URL": site.private_url} if site.private_url else {}),
     }
     files = sorted(str(p) for p in (CLIENT / "test").glob("*.test.mjs"))
     run = subprocess.run(
