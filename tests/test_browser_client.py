@@ -261,7 +261,7 @@ def page(browser: Browser) -> Iterator[Page]:
     assert problems == []
 
 
-IN_THE_PAGE = """async ({ service, keys, model }) => {
+IN_THE_PAGE = """async ({ service, privateService, keys, model }) => {
     const { ApiError, createClient } = await import("/dist/index.js");
     const anonymous = createClient({ baseUrl: service });
     const seen = {};
@@ -273,6 +273,18 @@ IN_THE_PAGE = """async ({ service, keys, model }) => {
     const first = await anonymous.list({ model_id: model, limit: 1, count: true });
     seen.paging = [first.images.length, first.total, first.next !== null];
     seen.second = (await anonymous.next(first)).images.length;
+    const [image] = first.images;
+    const catalog = createClient({ baseUrl: service, apiKey: keys.catalog });
+    seen.label = (await catalog.setLabel(image.image_id, "front")).label; // PATCH, preflighted
+    seen.cover = (await catalog.setCover(model, image.image_id)).cover; // PUT, preflighted
+    const reader = createClient({ baseUrl: privateService ?? service, apiKey: keys.read });
+    const img = new Image();
+    img.crossOrigin = "anonymous";
+    img.src = (await reader.signedUrl(image.image_id, { preset: "thumb" })).url;
+    await img.decode();
+    const context = new OffscreenCanvas(1, 1).getContext("2d");
+    context.drawImage(img, 0, 0);
+    seen.signed = [img.currentSrc.includes("&sig="), context.getImageData(0, 0, 1, 1).data[3]];
     const flood = createClient({ baseUrl: service, apiKey: keys.flood });
     for (let i = 0; i < 100 && seen.retryAfter === undefined; i++) {
         try {
@@ -288,8 +300,9 @@ IN_THE_PAGE = """async ({ service, keys, model }) => {
 def test_a_page_on_another_origin_uses_the_built_client(site: Site, page: Page, tmp_path: Path):
     """The example page: an upload with progress (XHR, with a preflight for Authorization), its
     Location, the model's listing, and a thumbnail in an `<img crossorigin>` drawn into a canvas whose
-    pixels the page may read. Then, in the same page: the headers of a 401, Link paging, a 429's
-    Retry-After."""
+    pixels the page may read. Then, in the same page: the headers of a 401, Link paging, a label and a
+    cover set (PATCH and PUT, preflighted), a signed URL (of the private service in embedded mode) in
+    an `<img crossorigin>` drawn into a canvas, a 429's Retry-After."""
     model = new_model_id("browser")
     page.goto(f"{site.origin}/examples/browser.html?service={site.url}")
     page.set_input_files(
@@ -310,9 +323,12 @@ def test_a_page_on_another_origin_uses_the_built_client(site: Site, page: Page, 
     )
     page.click("button:text('Upload')")
     expect(page.locator("#status")).to_have_text(re.compile(r"^201 "))
-    seen = page.evaluate(IN_THE_PAGE, {"service": site.url, "keys": site.keys, "model": model})
+    given = {"service": site.url, "privateService": site.private_url, "keys": site.keys, "model": model}
+    seen = page.evaluate(IN_THE_PAGE, given)
     assert seen["unauthenticated"][:3] == [True, 401, "not_authenticated"]
     assert "Api-Key" in seen["unauthenticated"][3]
     assert seen["paging"] == [1, 2, True]
     assert seen["second"] == 1
+    assert (seen["label"], seen["cover"]) == ("front", True)
+    assert seen["signed"] == [True, 255]
     assert 0 < seen["retryAfter"] <= 60
