@@ -50,7 +50,9 @@ import json
 from django.core.management import call_command
 from images import apikeys
 call_command("migrate", verbosity=0)
-scopes = {"write": ("write",), "admin": ("admin",), "read": ("read",), "flood": ("admin",)}
+scopes = {
+    "write": ("write",), "catalog": ("write",), "admin": ("admin",), "read": ("read",), "flood": ("admin",)
+}
 print(json.dumps({name: apikeys.create_key(name, scope) for name, scope in scopes.items()}))
 """
 
@@ -190,6 +192,7 @@ class Site:
     url: str
     origin: str  # the static site's, allowed by CORS
     keys: dict[str, str]
+    private_url: str | None  # the same store with PUBLIC_READ=false (embedded mode only)
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -197,7 +200,9 @@ def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, built_client
 ) -> Iterator[Site]:
     """The service with API keys, its uploads and deletes limited to 30 a minute per key, and
-    CORS open to a static site that serves clients/typescript/ (the build and the example page)."""
+    CORS open to a static site that serves clients/typescript/ (the build and the example page).
+    In embedded mode, a second service on the same store keeps reads private, for the signed URLs:
+    it costs a start (3-4 s here), and signing does not depend on the store."""
     data_dir = tmp_path_factory.mktemp(f"client-{request.param}")
     with ExitStack() as stack:
         origin = stack.enter_context(static_site(CLIENT))
@@ -209,7 +214,12 @@ def site(
         keys = json.loads(made.stdout.splitlines()[-1])
         # One worker: the throttle counts in each worker's memory, so the 429 comes at the 31st.
         served = stack.enter_context(servers.served(env, data_dir / "service.log", workers=1))
-        yield Site(request.param, served.url, origin, keys)
+        private_url = None
+        if request.param == "embedded":
+            private_env = env | {"PUBLIC_READ": "false"}
+            private_log = data_dir / "private.log"
+            private_url = stack.enter_context(servers.served(private_env, private_log, workers=1)).url
+        yield Site(request.param, served.url, origin, keys, private_url)
 
 
 def test_the_client_against_the_live_service(site: Site, tmp_path: Path):
@@ -221,6 +231,7 @@ def test_the_client_against_the_live_service(site: Site, tmp_path: Path):
         "IMAGE_SERVICE_URL": site.url,
         "IMAGE_SERVICE_KEYS": json.dumps(site.keys),
         "IMAGE_SERVICE_SAMPLES": str(tmp_path),
+        **({"IMAGE_SERVICE_PRIVATE_URL": site.private_url} if site.private_url else {}),
     }
     files = sorted(str(p) for p in (CLIENT / "test").glob("*.test.mjs"))
     run = subprocess.run(
@@ -250,7 +261,7 @@ def page(browser: Browser) -> Iterator[Page]:
     assert problems == []
 
 
-IN_THE_PAGE = """async ({ service, keys, model }) => {
+IN_THE_PAGE = """async ({ service, privateService, keys, model }) => {
     const { ApiError, createClient } = await import("/dist/index.js");
     const anonymous = createClient({ baseUrl: service });
     const seen = {};
@@ -262,6 +273,18 @@ IN_THE_PAGE = """async ({ service, keys, model }) => {
     const first = await anonymous.list({ model_id: model, limit: 1, count: true });
     seen.paging = [first.images.length, first.total, first.next !== null];
     seen.second = (await anonymous.next(first)).images.length;
+    const [image] = first.images;
+    const catalog = createClient({ baseUrl: service, apiKey: keys.catalog });
+    seen.label = (await catalog.setLabel(image.image_id, "front")).label; // PATCH, preflighted
+    seen.cover = (await catalog.setCover(model, image.image_id)).cover; // PUT, preflighted
+    const reader = createClient({ baseUrl: privateService ?? service, apiKey: keys.read });
+    const img = new Image();
+    img.crossOrigin = "anonymous";
+    img.src = (await reader.signedUrl(image.image_id, { preset: "thumb" })).url;
+    await img.decode();
+    const context = new OffscreenCanvas(1, 1).getContext("2d");
+    context.drawImage(img, 0, 0);
+    seen.signed = [img.currentSrc.includes("&sig="), context.getImageData(0, 0, 1, 1).data[3]];
     const flood = createClient({ baseUrl: service, apiKey: keys.flood });
     for (let i = 0; i < 100 && seen.retryAfter === undefined; i++) {
         try {
@@ -277,8 +300,9 @@ IN_THE_PAGE = """async ({ service, keys, model }) => {
 def test_a_page_on_another_origin_uses_the_built_client(site: Site, page: Page, tmp_path: Path):
     """The example page: an upload with progress (XHR, with a preflight for Authorization), its
     Location, the model's listing, and a thumbnail in an `<img crossorigin>` drawn into a canvas whose
-    pixels the page may read. Then, in the same page: the headers of a 401, Link paging, a 429's
-    Retry-After."""
+    pixels the page may read. Then, in the same page: the headers of a 401, Link paging, a label and a
+    cover set (PATCH and PUT, preflighted), a signed URL (of the private service in embedded mode) in
+    an `<img crossorigin>` drawn into a canvas, a 429's Retry-After."""
     model = new_model_id("browser")
     page.goto(f"{site.origin}/examples/browser.html?service={site.url}")
     page.set_input_files(
@@ -299,9 +323,12 @@ def test_a_page_on_another_origin_uses_the_built_client(site: Site, page: Page, 
     )
     page.click("button:text('Upload')")
     expect(page.locator("#status")).to_have_text(re.compile(r"^201 "))
-    seen = page.evaluate(IN_THE_PAGE, {"service": site.url, "keys": site.keys, "model": model})
+    given = {"service": site.url, "privateService": site.private_url, "keys": site.keys, "model": model}
+    seen = page.evaluate(IN_THE_PAGE, given)
     assert seen["unauthenticated"][:3] == [True, 401, "not_authenticated"]
     assert "Api-Key" in seen["unauthenticated"][3]
     assert seen["paging"] == [1, 2, True]
     assert seen["second"] == 1
+    assert (seen["label"], seen["cover"]) == ("front", True)
+    assert seen["signed"] == [True, 255]
     assert 0 < seen["retryAfter"] <= 60
