@@ -13,7 +13,7 @@ import pymongo
 import pytest
 
 from tests import servers
-from tests.helpers import MODES, Live, Store, store_env
+from tests.helpers import MODES, CommandCounter, Live, Store, store_env
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +94,15 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         env["MAX_UPLOAD_MB"] = "64"
         with servers.served(env, data_dir / "service.log") as served:
             yield Live(request.param, served.url, data_dir, mongo_db, served)
+
+
+@pytest.fixture
+def mongo_commands(store, monkeypatch, settings) -> Iterator[CommandCounter]:
+    """Counts the commands the service sends to MongoDB, through its own client."""
+    from images import mongo
+
+    counter = CommandCounter()
+    client = pymongo.MongoClient(settings.MONGO["URI"], tz_aware=True, event_listeners=[counter])
+    monkeypatch.setattr(mongo, "get_client", lambda: client)
+    yield counter
+    client.close()

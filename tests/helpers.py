@@ -19,6 +19,7 @@ import requests
 from django.core.files.storage import storages
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from pymongo import monitoring
 
 from images.backend import get_backend
 from images.derivatives import Spec
@@ -73,6 +74,28 @@ def upload(
 
 def body(response) -> bytes:
     return b"".join(response.streaming_content) if response.streaming else response.content
+
+
+class CommandCounter(monitoring.CommandListener):
+    """The commands a client sends: `names`, and `calls` as (name, collection)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.calls: list[tuple[str, str]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+        self.calls.append((event.command_name, str(event.command.get(event.command_name))))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def clear(self) -> None:
+        self.names.clear()
+        self.calls.clear()
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:

@@ -10,9 +10,8 @@ import pymongo
 import pytest
 import requests
 from django.core.files.base import ContentFile
-from pymongo import monitoring
 
-from images import derivatives, mongo, services
+from images import derivatives, services
 from images.backend import get_backend
 from tests import servers
 from tests.helpers import (
@@ -139,30 +138,6 @@ def test_an_untracked_blob_is_tracked_by_fsck_then_freed_by_its_last_delete(stor
     assert set(store.storage.pins(a["sha256"])) == {b["image_id"]}
     assert client.delete(f"/images/{b['image_id']}").status_code == 204
     assert store.blob_names() == []
-
-
-class CommandCounter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-@pytest.fixture
-def mongo_commands(store, monkeypatch, settings) -> CommandCounter:
-    """Counts the commands the service sends to MongoDB, through its own client."""
-    counter = CommandCounter()
-    client = pymongo.MongoClient(settings.MONGO["URI"], tz_aware=True, event_listeners=[counter])
-    monkeypatch.setattr(mongo, "get_client", lambda: client)
-    yield counter
-    client.close()
 
 
 @pytest.mark.parametrize("store", ["mongo"], indirect=True)
