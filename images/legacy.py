@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 LEGACY = {"sha256": {"$exists": False}}  # the complement of documents.CURRENT
 SET_ASIDE = "images_set_aside"
+RENAMING = "fs.renaming"  # adopt_legacy's journal of legacy files it is turning into blobs
 ADOPT = "python manage.py adopt_legacy"
 IN_BATCH = 10_000
 

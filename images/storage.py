@@ -88,6 +88,10 @@ def _only_root(path: str) -> None:
         raise FileNotFoundError(f"blobs form one flat namespace; only the root can be listed, not {path!r}")
 
 
+def _pin_doc(name: str, holder: str) -> dict:
+    return {"_id": f"{name}/{holder}", "name": name, "at": datetime.now(UTC)}
+
+
 def _check_holder(holder: str) -> None:
     if not HOLDER.match(holder):
         raise SuspiciousFileOperation(f"{holder!r} cannot hold a pin")
@@ -111,6 +115,10 @@ class ContentAddressedMixin:
         if not self.exists(name):
             self._write(name, content)
         return name
+
+    def pin_many(self, pins: list[tuple[str, str]]) -> set[str]:
+        """`pin` for each `(name, holder)`: the names that exist (a bulk command's batches)."""
+        return {name for name, holder in pins if self.pin(name, holder)}
 
 
 @deconstructible(path="images.storage.BlobFileSystemStorage")
@@ -492,10 +500,25 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         self._wait_for_closing(name)
         return self.exists(name)
 
+    def pin_many(self, pins: list[tuple[str, str]]) -> set[str]:
+        """`pin` for many names in three commands whatever their number (on FerretDB each filter
+        but `_id` scans its collection): all the pins, then any closing marks of those names, each
+        waited out, then the names that exist."""
+        for _, holder in pins:
+            _check_holder(holder)
+        if not pins:
+            return set()
+        mongo.ensure_indexes(self.pin_docs, self.PINS_INDEXES)
+        mongo.insert_new(self.pin_docs, [_pin_doc(name, holder) for name, holder in pins])  # or pinned
+        names = sorted({name for name, _ in pins})
+        for mark in self.closing.find({"_id": {"$in": names}}, {"_id": 1}):
+            self._wait_for_closing(mark["_id"])
+        return set(self.files.distinct("filename", {"filename": {"$in": names}}))
+
     def _add_pin(self, name: str, holder: str) -> None:
         mongo.ensure_indexes(self.pin_docs, self.PINS_INDEXES)
         with contextlib.suppress(DuplicateKeyError):  # pinned already
-            self.pin_docs.insert_one({"_id": f"{name}/{holder}", "name": name, "at": datetime.now(UTC)})
+            self.pin_docs.insert_one(_pin_doc(name, holder))
 
     def unpin(self, name: str, holder: str) -> bool:
         _check_holder(holder)
@@ -559,7 +582,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
 
     def track(self, name: str) -> None:
         with contextlib.suppress(DuplicateKeyError):
-            self.pin_docs.insert_one({"_id": f"{name}/{TRACKING}", "name": name, "at": datetime.now(UTC)})
+            self.pin_docs.insert_one(_pin_doc(name, TRACKING))
         self.files.update_many({"filename": name}, {"$set": {"metadata.pinned": True}})
 
     def _blob_sources(self) -> list[Database]:
