@@ -102,6 +102,7 @@ class ContentAddressedMixin:
 
     Pins (see the module's doc): `pin(name, holder) -> bool` (False: no such blob yet; the pin
     holds the name, so save the bytes next, or unpin),
+    `pin_many([(name, holder), ...]) -> set` (the names that exist, for a bulk command's batch),
     `unpin(name, holder) -> bool` (True: that was the last pin, and the blob is gone),
     `pins(name) -> Pins | None` (None: untracked), and `track(name)` for fsck.
     """
