@@ -661,8 +661,12 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     def leftovers(self) -> Iterator[Leftover]:
         """Chunks without a files document: an upload still running or cut off (GridFS writes that
         document last), or a deleted file's whose purge is overdue (dated by its delete). Those still
-        waiting for their purge are not leftovers."""
+        waiting for their purge, and those whose files document is being replaced (listed in
+        `<bucket>.renaming`, see images/legacy.py), are not leftovers."""
         file_ids = {doc["_id"] for doc in self.files.find({}, {"_id": 1})}
+        # Files documents being replaced in place (adopt_legacy's journal), read after the files:
+        # a document missing above is either listed here still, or back by `delete_leftover`'s check.
+        file_ids |= {doc["_id"] for doc in self.database[f"{self.bucket_name}.renaming"].find({}, {"_id": 1})}
         deleted = {doc["_id"]: doc["deleted_at"] for doc in self.deleted.find()}
         due = datetime.now(UTC) - self.purge_delay
         for group in self.chunks.aggregate([{"$group": {"_id": "$files_id"}}]):
