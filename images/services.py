@@ -187,6 +187,8 @@ def add_many(
     `(model_id, sha256)` exists already, with their pins given back: add them one at a time. A
     failure midway leaves pins without records, as a crash does (the caller's rerun takes them up,
     or fsck reclaims them)."""
+    if not new:
+        return []
     storage, docs = get_backend().blobs, get_backend().records
     records = [record for record, _ in new]
     present = storage.pin_many([(record.sha256, record.image_id) for record in records])

@@ -326,6 +326,8 @@ class Run:
         the files documents: they are copied to the journal `legacy.RENAMING`, deleted, inserted
         renamed, then the journal is emptied; `recover` finishes a rename that a kill cut short
         (the chunks stay as they are throughout)."""
+        if not files:
+            return
         renamed = [
             {**file, "filename": sha256, "metadata": {**(file.get("metadata") or {}), "pinned": True}}
             for file, sha256 in files
