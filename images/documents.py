@@ -50,9 +50,16 @@ class Documents(Protocol):
     def insert(self, record: ImageRecord) -> None:
         """Raises `DuplicateImage` if `(model_id, sha256)` exists."""
 
+    def insert_many(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        """`insert` for each, in one command where the store has one: those not inserted because
+        their image_id or `(model_id, sha256)` exists."""
+
     def get(self, image_id: str) -> ImageRecord | None: ...
 
     def find(self, model_id: str, sha256: str) -> ImageRecord | None: ...
+
+    def with_contents(self, sha256s: list[str]) -> list[ImageRecord]:
+        """Every record, of any model, of any of these bytes."""
 
     def page(
         self,
@@ -141,14 +148,23 @@ class MongoDocuments:
         # Fields this version does not know (written by other tools) are left out, not fatal.
         return ImageRecord(**{k: v for k, v in doc.items() if k in ImageRecord.__dataclass_fields__})
 
-    def insert(self, record: ImageRecord) -> None:
-        self.ensure_indexes()
+    @staticmethod
+    def _doc(record: ImageRecord) -> dict:
         doc = asdict(record)
         doc["_id"] = ObjectId(doc.pop("image_id"))
+        return doc
+
+    def insert(self, record: ImageRecord) -> None:
+        self.ensure_indexes()
         try:
-            self.collection.insert_one(doc)
+            self.collection.insert_one(self._doc(record))
         except DuplicateKeyError as exc:
             raise DuplicateImage from exc
+
+    def insert_many(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        self.ensure_indexes()
+        left_out = mongo.insert_new(self.collection, [self._doc(record) for record in records])
+        return [records[index] for index in left_out]
 
     def get(self, image_id: str) -> ImageRecord | None:
         if not ObjectId.is_valid(image_id):
@@ -160,6 +176,9 @@ class MongoDocuments:
     def find(self, model_id: str, sha256: str) -> ImageRecord | None:
         doc = self.collection.find_one({"model_id": model_id, "sha256": sha256})
         return doc and self._record(doc)
+
+    def with_contents(self, sha256s: list[str]) -> list[ImageRecord]:
+        return [self._record(doc) for doc in self.collection.find({"sha256": {"$in": sha256s}})]
 
     def page(
         self,
@@ -284,6 +303,15 @@ class SQLDocuments:
         except IntegrityError as exc:
             raise DuplicateImage from exc
 
+    def insert_many(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        clashed = []
+        for record in records:
+            try:
+                self.insert(record)
+            except DuplicateImage:
+                clashed.append(record)
+        return clashed
+
     def get(self, image_id: str) -> ImageRecord | None:
         row = self.rows.filter(image_id=image_id).first()
         return row and self._record(row)
@@ -291,6 +319,9 @@ class SQLDocuments:
     def find(self, model_id: str, sha256: str) -> ImageRecord | None:
         row = self.rows.filter(model_id=model_id, sha256=sha256).first()
         return row and self._record(row)
+
+    def with_contents(self, sha256s: list[str]) -> list[ImageRecord]:
+        return [self._record(row) for row in self.rows.filter(sha256__in=sha256s)]
 
     def page(
         self,

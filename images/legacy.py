@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 LEGACY = {"sha256": {"$exists": False}}  # the complement of documents.CURRENT
 SET_ASIDE = "images_set_aside"
+# adopt_legacy's journal of the legacy files whose files documents it is replacing by blobs' ones;
+# GridFSStorage.leftovers leaves their chunks alone meanwhile.
+RENAMING = "fs.renaming"
 ADOPT = "python manage.py adopt_legacy"
 IN_BATCH = 10_000
 

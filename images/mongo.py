@@ -21,7 +21,7 @@ from django.conf import settings
 from pymongo import IndexModel, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure
 from pymongo.read_preferences import (
     Nearest,
     Primary,
@@ -114,6 +114,22 @@ def ensure_indexes(collection: Collection, indexes: list[IndexModel]) -> None:
 
 
 NOT_IMPLEMENTED, INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT = 238, 85, 86
+DUPLICATE_KEY = 11000
+
+
+def insert_new(collection: Collection, docs: list[dict]) -> list[int]:
+    """Inserts `docs` in one unordered command: the indexes of those left out because their key
+    exists already (any other failure is raised)."""
+    if not docs:
+        return []
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details["writeErrors"]
+        if any(error["code"] != DUPLICATE_KEY for error in errors):
+            raise
+        return [error["index"] for error in errors]
+    return []
 
 
 def _create_index(collection: Collection, index: IndexModel) -> None:

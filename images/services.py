@@ -13,7 +13,7 @@ the blob goes with its last pin (see images/storage.py).
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -47,6 +47,11 @@ def get_record(image_id: str) -> ImageRecord:
 def find_by_content(model_id: str, sha256: str) -> ImageRecord | None:
     """The model's record of these bytes, if it has one (an import's or adoption's dry run)."""
     return get_backend().records.find(model_id, sha256)
+
+
+def with_contents(sha256s: list[str]) -> list[ImageRecord]:
+    """Every record, of any model, of any of these bytes, in one query (adopt_legacy's batches)."""
+    return get_backend().records.with_contents(sha256s)
 
 
 def model_record(model_id: str, label: str | None = None) -> ImageRecord:
@@ -229,19 +234,7 @@ def add_image(
     """
     sha256, info = check_image(file)
     docs = get_backend().records
-    record = ImageRecord(
-        image_id=image_id or new_image_id(),
-        model_id=model_id,
-        filename=sanitize_filename(filename or file.name) or f"{sha256[:12]}.{info.extension}",
-        content_type=info.content_type,
-        size=file.size,
-        sha256=sha256,
-        width=info.width,
-        height=info.height,
-        uploaded_at=uploaded_at or now(),
-        uploaded_by=uploaded_by,
-        label=label,
-    )
+    record = new_record(file, sha256, info, model_id, filename, uploaded_at, image_id, uploaded_by, label)
     # A concurrent upload of the same bytes for the same model may win the insert and then be
     # deleted before we read it: each round either stores ours or finds theirs, and two such
     # coincidences in a row are as good as never.
@@ -255,12 +248,74 @@ def add_image(
             raise InvalidRequest(f"image_id {image_id} belongs to another image.", code="image_id_taken")
     else:
         raise StorageUnavailable("The image was changed concurrently; retry.")
-    _forget_model(model_id, label)
+    _stored(record, info)
+    return record, True
+
+
+def new_record(
+    file: File,
+    sha256: str,
+    info: ImageInfo,
+    model_id: str,
+    filename: str | None = None,
+    uploaded_at: datetime | None = None,
+    image_id: str | None = None,
+    uploaded_by: str | None = None,
+    label: str | None = None,
+) -> ImageRecord:
+    """The record of `file`, which passed `check_image` (giving `sha256` and `info`)."""
+    return ImageRecord(
+        image_id=image_id or new_image_id(),
+        model_id=model_id,
+        filename=sanitize_filename(filename or file.name) or f"{sha256[:12]}.{info.extension}",
+        content_type=info.content_type,
+        size=file.size,
+        sha256=sha256,
+        width=info.width,
+        height=info.height,
+        uploaded_at=uploaded_at or now(),
+        uploaded_by=uploaded_by,
+        label=label,
+    )
+
+
+def add_many(
+    new: list[tuple[ImageRecord, ImageInfo]], write_missing: Callable[[list[ImageRecord]], None]
+) -> list[ImageRecord]:
+    """`add_image`'s writes for many checked records at once, in the same order (pins, the bytes
+    that are missing, the records), in a few commands whatever their number (adopt_legacy's
+    batches, images/legacy.py). `write_missing` gets one record per blob that does not exist yet
+    and must make it exist. Returns the records that were not written because their image_id or
+    `(model_id, sha256)` exists already, with their pins given back: add them one at a time. A
+    failure midway leaves pins without records, as a crash does (the caller's rerun takes them up,
+    or fsck reclaims them)."""
+    if not new:
+        return []
+    storage, docs = get_backend().blobs, get_backend().records
+    records = [record for record, _ in new]
+    present = storage.pin_many([(record.sha256, record.image_id) for record in records])
+    missing: dict[str, ImageRecord] = {}  # the first record of each blob that is not there yet
+    for record in records:
+        if record.sha256 not in present:
+            missing.setdefault(record.sha256, record)
+    write_missing(list(missing.values()))
+    clashed = docs.insert_many(records)
+    for record in clashed:
+        release_blob(storage, record.sha256, record.image_id)
+    left_out = {record.image_id for record in clashed}
+    for record, info in new:
+        if record.image_id not in left_out:
+            _stored(record, info)
+    return clashed
+
+
+def _stored(record: ImageRecord, info: ImageInfo) -> None:
+    """What follows a new record: its model's newest is forgotten here, its base kept, the counts."""
+    _forget_model(record.model_id, record.label)
     with timed("base_save"):
-        derivatives.keep_base(sha256, info.preview)
+        derivatives.keep_base(record.sha256, info.preview)
     IMAGES_STORED.inc()
     BYTES_STORED.inc(record.size)
-    return record, True
 
 
 def _insert(docs: Documents, record: ImageRecord, file: File) -> bool:

@@ -88,6 +88,10 @@ def _only_root(path: str) -> None:
         raise FileNotFoundError(f"blobs form one flat namespace; only the root can be listed, not {path!r}")
 
 
+def _pin_doc(name: str, holder: str) -> dict:
+    return {"_id": f"{name}/{holder}", "name": name, "at": datetime.now(UTC)}
+
+
 def _check_holder(holder: str) -> None:
     if not HOLDER.match(holder):
         raise SuspiciousFileOperation(f"{holder!r} cannot hold a pin")
@@ -98,6 +102,7 @@ class ContentAddressedMixin:
 
     Pins (see the module's doc): `pin(name, holder) -> bool` (False: no such blob yet; the pin
     holds the name, so save the bytes next, or unpin),
+    `pin_many([(name, holder), ...]) -> set` (the names that exist, for a bulk command's batch),
     `unpin(name, holder) -> bool` (True: that was the last pin, and the blob is gone),
     `pins(name) -> Pins | None` (None: untracked), and `track(name)` for fsck.
     """
@@ -117,6 +122,10 @@ class ContentAddressedMixin:
         round trip less per new upload in GridFS. Should another writer win the race, writing the
         same name twice is harmless (content-addressed; GridFS keeps one copy)."""
         self._write(self.get_available_name(name), content)
+
+    def pin_many(self, pins: list[tuple[str, str]]) -> set[str]:
+        """`pin` for each `(name, holder)`: the names that exist (a bulk command's batches)."""
+        return {name for name, holder in pins if self.pin(name, holder)}
 
 
 @deconstructible(path="images.storage.BlobFileSystemStorage")
@@ -499,10 +508,25 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         self._wait_for_closing(name)
         return self.exists(name)
 
+    def pin_many(self, pins: list[tuple[str, str]]) -> set[str]:
+        """`pin` for many names in three commands whatever their number (on FerretDB each filter
+        but `_id` scans its collection): all the pins, then any closing marks of those names, each
+        waited out, then the names that exist."""
+        for _, holder in pins:
+            _check_holder(holder)
+        if not pins:
+            return set()
+        mongo.ensure_indexes(self.pin_docs, self.PINS_INDEXES)
+        mongo.insert_new(self.pin_docs, [_pin_doc(name, holder) for name, holder in pins])  # or pinned
+        names = sorted({name for name, _ in pins})
+        for mark in self.closing.find({"_id": {"$in": names}}, {"_id": 1}):
+            self._wait_for_closing(mark["_id"])
+        return set(self.files.distinct("filename", {"filename": {"$in": names}}))
+
     def _add_pin(self, name: str, holder: str) -> None:
         mongo.ensure_indexes(self.pin_docs, self.PINS_INDEXES)
         with contextlib.suppress(DuplicateKeyError):  # pinned already
-            self.pin_docs.insert_one({"_id": f"{name}/{holder}", "name": name, "at": datetime.now(UTC)})
+            self.pin_docs.insert_one(_pin_doc(name, holder))
 
     def unpin(self, name: str, holder: str) -> bool:
         _check_holder(holder)
@@ -571,7 +595,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
 
     def track(self, name: str) -> None:
         with contextlib.suppress(DuplicateKeyError):
-            self.pin_docs.insert_one({"_id": f"{name}/{TRACKING}", "name": name, "at": datetime.now(UTC)})
+            self.pin_docs.insert_one(_pin_doc(name, TRACKING))
         self.files.update_many({"filename": name}, {"$set": {"metadata.pinned": True}})
 
     def _blob_sources(self) -> list[Database]:
@@ -651,8 +675,12 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     def leftovers(self) -> Iterator[Leftover]:
         """Chunks without a files document: an upload still running or cut off (GridFS writes that
         document last), or a deleted file's whose purge is overdue (dated by its delete). Those still
-        waiting for their purge are not leftovers."""
+        waiting for their purge, and those whose files document is being replaced (listed in
+        `<bucket>.renaming`, see images/legacy.py), are not leftovers."""
         file_ids = {doc["_id"] for doc in self.files.find({}, {"_id": 1})}
+        # Files documents being replaced in place (adopt_legacy's journal), read after the files:
+        # a document missing above is either listed here still, or back by `delete_leftover`'s check.
+        file_ids |= {doc["_id"] for doc in self.database[f"{self.bucket_name}.renaming"].find({}, {"_id": 1})}
         deleted = {doc["_id"]: doc["deleted_at"] for doc in self.deleted.find()}
         due = datetime.now(UTC) - self.purge_delay
         for group in self.chunks.aggregate([{"$group": {"_id": "$files_id"}}]):

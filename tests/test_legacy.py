@@ -285,7 +285,7 @@ def test_killed_at_any_moment_a_rerun_ends_as_one_clean_run(store, flask_db, mon
     settings.MONGO = killed_db
 
     env = {"MONGO_URI": mongo_uri, "MONGO_DB": store.mongo_db.name, "DATA_DIR": str(tmp_path / "data")}
-    argv = [sys.executable, "manage.py", "adopt_legacy"]
+    argv = [sys.executable, "manage.py", "adopt_legacy", "--batch", "3"]  # 9 batches: kills land mid-way
     rng = random.Random(14)
     cut_mid_way = 0
     for _ in range(3):
@@ -293,10 +293,10 @@ def test_killed_at_any_moment_a_rerun_ends_as_one_clean_run(store, flask_db, mon
         run = subprocess.Popen(
             argv, cwd=servers.ROOT, env=servers.service_env(env), stdout=subprocess.DEVNULL
         )
-        target = before - rng.randint(1, 5)  # kill once a few records are done, at a random point
+        target = before - rng.randint(1, 5)  # kill once a batch or two are done, at a random point
         while run.poll() is None and legacy.count(store.mongo_db) > target:
             time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.05))
+        time.sleep(rng.uniform(0, 0.1))  # about a batch's time
         run.send_signal(signal.SIGKILL)
         run.wait()
         cut_mid_way += 0 < legacy.count(store.mongo_db) < before
@@ -340,3 +340,60 @@ def test_the_old_clients_three_calls_before_and_after_adoption(flask_db, mongo_u
         text = requests.post(f"{url}/upload", files={"file": ("notes.txt", TEXT)}, data=form)
         assert (text.status_code, text.json()["error"]) == (415, "not_an_image")
         assert requests.get(f"{url}/readyz").status_code == 200
+
+
+@mongo_only
+def test_a_batch_costs_the_same_commands_whatever_its_size(store, mongo_commands):
+    """FerretDB scans a whole collection for any filter but `_id`, so adoption works a batch at a
+    time and each batch's commands are fixed here, whatever its number of records: a change that
+    adds one must say so (README: Replacing the Flask service)."""
+    data = FlaskData(store.mongo_db)
+
+    def adopted(count: int, seed: int) -> list[tuple[str, str]]:
+        for n in range(count):
+            data.put(f"{seed + n}", image_bytes("PNG", seed=seed + n), f"m{n % 2}", f"{n}.png")
+        mongo_commands.clear()
+        summary, status = adopt()
+        assert (status, summary["adopted"], summary["bytes_copied"]) == (0, count, 0)
+        return mongo_commands.calls
+
+    adopted(1, 9000)  # indexes are made once per process
+    batch = [
+        *[("find", "images"), ("find", "fs.files"), ("find", "fs.chunks")],  # records, files, bytes
+        ("find", "images"),  # the records of those bytes already (merged, or adopted before)
+        *[("insert", "fs.pins"), ("find", "fs.closing"), ("distinct", "fs.files")],  # pins; which exist
+        *[("insert", "fs.renaming"), ("delete", "fs.files"), ("insert", "fs.files")],  # the renames
+        ("delete", "fs.renaming"),
+        ("insert", "images"),  # the records
+        ("delete", "images"),  # the legacy records
+    ]
+    run = [("find", "fs.renaming"), ("aggregate", "images"), *batch, ("find", "images")]  # ... no more
+    assert adopted(3, 9100) == run
+    assert adopted(12, 9200) == run
+
+
+@mongo_only
+def test_a_rename_cut_short_is_finished_by_the_rerun(store, flask_db, settings):
+    """A legacy file becomes its blob by a files document replaced through the journal
+    `fs.renaming` (FerretDB updates cost a scan each). Killed after the old document was deleted
+    and before the renamed one was inserted, or before the delete, the rerun ends as a clean run,
+    and an fsck --repair in between leaves the chunks alone."""
+    ids = FlaskData(store.mongo_db).write_all().ids
+    copy_database(store.mongo_db, flask_db)
+    cut = settings.MONGO
+    settings.MONGO = {**cut, "DB": flask_db.name}
+    assert adopt()[1] == 1  # the clean run, on the copy
+    settings.MONGO = cut
+
+    files, journal = store.mongo_db["fs.files"], store.mongo_db[legacy.RENAMING]
+    for label, deleted in (("png", True), ("webp", False)):
+        file = files.find_one({"_id": ObjectId(ids[label])})
+        sha256 = name_of(SOURCE_BYTES[label])
+        store.storage.pin_many([(sha256, ids[label])])
+        journal.insert_one({**file, "filename": sha256, "metadata": {"pinned": True}})
+        if deleted:
+            files.delete_one({"_id": file["_id"]})
+    report, _ = fsck("--repair", "--grace", "0")  # meanwhile: the png's chunks are no leftovers
+    assert "orphan_chunks" not in {problem["kind"] for problem in report["problems"]}
+    assert adopt()[1] == 1
+    assert snapshot(store.mongo_db) == snapshot(flask_db)
