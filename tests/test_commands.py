@@ -402,7 +402,8 @@ def leave_unfinished_write(store, when: datetime) -> str:
 
 def test_fsck_of_a_healthy_store_finds_nothing(store):
     add(JPEG, "m1")
-    add(JPEG, "m2")
+    cover = add(JPEG, "m2")
+    services.set_cover("m2", cover.image_id)
     add(PNG, "m2", "b.png")
     out = run("fsck", "--deep")
     assert "Checked the" in out and "3 records, 2 blobs" in out
@@ -494,6 +495,31 @@ def test_fsck_grace_and_flags_are_checked(store):
     assert [p["kind"] for p in report["problems"]] == ["orphan_blob"] and error is not None
     with pytest.raises(CommandError, match="goes with --repair"):
         run("fsck", "--delete-broken-records")
+
+
+def test_fsck_clears_a_cover_whose_image_is_gone(store):
+    cover = add(JPEG, "m1")
+    newest = add(PNG, "m1", "b.png")
+    kept = add(OTHER_JPEG, "m2")
+    services.set_cover("m1", cover.image_id)
+    services.set_cover("m2", kept.image_id)
+    # A delete cut off between the record and the cover (services.delete_image): the cover stays.
+    backend = get_backend()
+    backend.records.delete(cover.image_id)
+    services.release_blob(store.storage, cover.sha256, cover.image_id)
+    assert services.model_record("m1") == newest  # meanwhile, reads fall back to the newest
+
+    report, error = fsck_json()
+    assert error is not None and error.returncode == 1
+    assert [(p["kind"], p["subject"], p["repairable"]) for p in report["problems"]] == [
+        ("dangling_cover", "m1", True)
+    ]
+    assert f"dangling_cover   m1: names image {cover.image_id}" in run_failing("fsck")[0]
+
+    out = run("fsck", "--repair")
+    assert "Found 1 problem(s) and repaired them all" in out
+    assert [(m, i) for m, i, _ in services.list_covers()] == [("m2", kept.image_id)]
+    assert "No damage found." in run("fsck")
 
 
 # --- migrate_storage -----------------------------------------------------------------------------
