@@ -106,11 +106,11 @@ class EmbeddedBackend(Backend):
         self, label: str, where: Path, using: str = DEFAULT_DB_ALIAS, blobs: Storage | None = None
     ) -> None:
         """`using` and `blobs` reach a store other than the configured one (a storage migration's,
-        which uses only the records and blobs)."""
+        which uses only the records, covers and blobs)."""
         super().__init__(label, str(where), blobs)
         self.using = using
         self.records = SQLDocuments(using)
-        self.covers = SQLCovers()
+        self.covers = SQLCovers(using)
         self.keys = SQLKeyStore()
         self.leases = SQLLeases()
         self.derivative_uses = SQLDerivativeUses()
@@ -146,7 +146,7 @@ class MongoBackend(Backend):
         client: MongoClient | None = None,
     ) -> None:
         """`database`, `blobs` and `client` (which `close` closes) reach a MongoDB other than the
-        configured one (a storage migration's, which uses only the records and blobs)."""
+        configured one (a storage migration's, which uses only the records, covers and blobs)."""
         super().__init__(label, mongo.location() if database is None else database.name, blobs)
         self.database = mongo.get_database() if database is None else database
         self.client = client

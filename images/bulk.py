@@ -28,16 +28,25 @@ R = TypeVar("R")
 # --- The export manifest: one JSON object a line, an exported file's path and its whole record ----
 
 
-def manifest_line(path: str, record: ImageRecord) -> str:
-    """`path` is relative to the manifest's folder, so an export can be moved as a whole."""
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: Path
+    record: ImageRecord
+    cover: bool  # the record is its model's cover (images/covers.py)
+
+
+def manifest_line(path: str, record: ImageRecord, cover: bool) -> str:
+    """`path` is relative to the manifest's folder, so an export can be moved as a whole. `cover` is
+    written only when true, so a line without it (an export made before covers) means no cover."""
     fields = asdict(record)
     fields["uploaded_at"] = record.uploaded_at.isoformat()
-    return json.dumps({"path": path, **fields}, ensure_ascii=False)
+    return json.dumps({"path": path, **fields} | ({"cover": True} if cover else {}), ensure_ascii=False)
 
 
-def read_manifest(manifest: Path) -> list[tuple[Path, ImageRecord]]:
-    """Each listed file with the record to restore. A malformed line stops the import before it starts,
-    rather than being skipped: a manifest is written by a program, so damage means something is wrong.
+def read_manifest(manifest: Path) -> list[ManifestEntry]:
+    """Each listed file with the record to restore, and whether it is the cover. A malformed line stops
+    the import before it starts, rather than being skipped: a manifest is written by a program, so
+    damage means something is wrong.
     """
     folder = manifest.parent.resolve()
     entries = []
@@ -53,8 +62,11 @@ def read_manifest(manifest: Path) -> list[tuple[Path, ImageRecord]]:
                 data["uploaded_at"] = datetime.fromisoformat(data["uploaded_at"])
                 if data["uploaded_at"].tzinfo is None:
                     raise ValueError("uploaded_at has no time zone")
+                cover = data.pop("cover", False)
+                if not isinstance(cover, bool):
+                    raise ValueError(f"cover is {cover!r}, not true or false")
                 known = {k: v for k, v in data.items() if k in ImageRecord.__dataclass_fields__}
-                entries.append((path, ImageRecord(**known)))
+                entries.append(ManifestEntry(path, ImageRecord(**known), cover))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise CommandError(f"{manifest}:{number}: not a manifest line ({exc})") from exc
     return entries

@@ -125,8 +125,9 @@ def model_records(model_ids: list[str]) -> tuple[dict[str, ImageRecord | None], 
     return {m: chosen.get(m) for m in model_ids}, cover_ids
 
 
-def list_covers(limit: int) -> list[tuple[str, str, datetime]]:
-    """Up to `limit` covers as (model_id, image_id, set_at), the latest set first (the admin)."""
+def list_covers(limit: int | None = None) -> list[tuple[str, str, datetime]]:
+    """Up to `limit` covers (the admin; None: every one, for export) as (model_id, image_id, set_at),
+    the latest set first."""
     return get_backend().covers.all(limit)
 
 

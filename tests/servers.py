@@ -194,8 +194,9 @@ def manage(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.
     )
 
 
-# What an unfinished write may leave, and fsck --repair reclaims (images/management/commands/fsck.py).
+# What an unfinished write or delete leaves, and fsck --repair reclaims (images/management/commands/fsck.py).
 RECLAIMABLE = {
+    "dangling_cover",
     "orphan_blob",
     "orphan_derivative",
     "stale_pin",

@@ -22,6 +22,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from images import services
+from images.backend import get_backend
 from images.bulk import human_bytes
 from images.derivatives import Spec
 from images.documents import ImageRecord
@@ -211,10 +212,11 @@ def test_an_interrupted_import_resumes_where_it_stopped(store, tmp_path, monkeyp
 
 def test_export_then_import_into_an_empty_store_restores_every_field(store, tmp_path):
     older = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
-    add(JPEG, "m1", "a.jpg", uploaded_at=older, uploaded_by="alice")
-    newest_a = add(OTHER_JPEG, "m1", "A.JPG")  # the same name, but for case: a collision
+    cover = add(JPEG, "m1", "a.jpg", uploaded_at=older, uploaded_by="alice", label="front")
+    newest_a = add(OTHER_JPEG, "m1", "A.JPG", label="side")  # the same name, but for case: a collision
     add(JPEG, "m2", "a.jpg")  # the same bytes for another model: one blob
     add(PNG, "..", "p.png")  # a valid model_id that is no folder name
+    services.set_cover("m1", cover.image_id)  # the older image, not the newest
     before = by_id(store.records())
     blobs = blob_bytes(store.storage, store.blob_names())
 
@@ -229,18 +231,58 @@ def test_export_then_import_into_an_empty_store_restores_every_field(store, tmp_
     manifest = [json.loads(line) for line in (dest / "manifest.jsonl").read_text().splitlines()]
     assert {m["image_id"] for m in manifest} == {r.image_id for r in before}
     assert next(m for m in manifest if m["image_id"] == newest_a.image_id)["path"] == "m1/A.JPG"
+    assert [m["image_id"] for m in manifest if m.get("cover")] == [cover.image_id]
+    assert {m["image_id"]: m["label"] for m in manifest if m["label"]} == {
+        cover.image_id: "front",
+        newest_a.image_id: "side",
+    }
 
     for record in before:
         services.delete_image(record.image_id)
     store.assert_empty()
+    assert services.list_covers() == []
 
     out = import_(store, str(dest))
     assert "added 4" in out
-    assert by_id(store.records()) == before  # every field: ids, names, times, uploaded_by
+    assert "Covers: set 1, already set 0, kept another one here 0" in out
+    assert by_id(store.records()) == before  # every field: ids, names, times, uploaded_by, label
     assert blob_bytes(store.storage, store.blob_names()) == blobs
+    assert [(m, i) for m, i, _ in services.list_covers()] == [("m1", cover.image_id)]
 
     again = import_(store, str(dest / "manifest.jsonl"))
     assert "added 0 (0 B), already present 4" in again
+    assert "Covers: set 0, already set 1, kept another one here 0" in again
+
+
+def test_import_sets_a_cover_only_where_its_image_is_and_the_model_has_none(store, tmp_path):
+    cover_a = add(JPEG, "a")
+    cover_b = add(PNG, "b", "b.png")
+    add(OTHER_JPEG, "b", "other.jpg")
+    cover_c = add(image_bytes("PNG", seed=4), "c", "c.png")
+    for model_id, record in [("a", cover_a), ("b", cover_b), ("c", cover_c)]:
+        services.set_cover(model_id, record.image_id)
+    dest = tmp_path / "export"
+    run("export", str(dest), "--quiet")
+    manifest = dest / "manifest.jsonl"
+    for record in store.records():
+        services.delete_image(record.image_id)
+
+    (dest / "c/c.png").write_bytes(PNG)  # the cover's bytes changed: refused, so no cover
+    other_b = add(OTHER_JPEG, "b", "other.jpg")
+    services.set_cover("b", other_b.image_id)  # the model chose another cover here: it stays
+    dry, _ = import_failing(store, str(dest), "--dry-run")
+    assert "Covers: would set 1, already set 0, kept another one here 1" in dry
+    assert [(m, i) for m, i, _ in services.list_covers()] == [("b", other_b.image_id)]
+
+    out, _ = import_failing(store, str(dest))
+    assert "refused 1" in out and "Covers: set 1, already set 0, kept another one here 1" in out
+    assert {m: i for m, i, _ in services.list_covers()} == {"a": cover_a.image_id, "b": other_b.image_id}
+
+    services.clear_cover("a")  # an export made before covers (no "cover" field) restores none
+    manifest.write_text("".join(line.replace(', "cover": true', "") for line in manifest.open()))
+    out, _ = import_failing(store, str(dest))
+    assert "Covers:" not in out
+    assert [m for m, _, _ in services.list_covers()] == ["b"]
 
 
 def test_export_of_one_model_and_into_a_used_folder(store, tmp_path):
@@ -360,7 +402,8 @@ def leave_unfinished_write(store, when: datetime) -> str:
 
 def test_fsck_of_a_healthy_store_finds_nothing(store):
     add(JPEG, "m1")
-    add(JPEG, "m2")
+    cover = add(JPEG, "m2")
+    services.set_cover("m2", cover.image_id)
     add(PNG, "m2", "b.png")
     out = run("fsck", "--deep")
     assert "Checked the" in out and "3 records, 2 blobs" in out
@@ -454,6 +497,31 @@ def test_fsck_grace_and_flags_are_checked(store):
         run("fsck", "--delete-broken-records")
 
 
+def test_fsck_clears_a_cover_whose_image_is_gone(store):
+    cover = add(JPEG, "m1")
+    newest = add(PNG, "m1", "b.png")
+    kept = add(OTHER_JPEG, "m2")
+    services.set_cover("m1", cover.image_id)
+    services.set_cover("m2", kept.image_id)
+    # A delete cut off between the record and the cover (services.delete_image): the cover stays.
+    backend = get_backend()
+    backend.records.delete(cover.image_id)
+    services.release_blob(store.storage, cover.sha256, cover.image_id)
+    assert services.model_record("m1") == newest  # meanwhile, reads fall back to the newest
+
+    report, error = fsck_json()
+    assert error is not None and error.returncode == 1
+    assert [(p["kind"], p["subject"], p["repairable"]) for p in report["problems"]] == [
+        ("dangling_cover", "m1", True)
+    ]
+    assert f"dangling_cover   m1: names image {cover.image_id}" in run_failing("fsck")[0]
+
+    out = run("fsck", "--repair")
+    assert "Found 1 problem(s) and repaired them all" in out
+    assert [(m, i) for m, i, _ in services.list_covers()] == [("m2", kept.image_id)]
+    assert "No damage found." in run("fsck")
+
+
 # --- migrate_storage -----------------------------------------------------------------------------
 
 
@@ -476,15 +544,31 @@ def contents(side) -> tuple[list, dict[str, bytes]]:
     return by_id(side.records.page(None, None, 10_000)), blob_bytes(side.blobs, names)
 
 
+def covers_of(side) -> list[tuple[str, str, datetime]]:
+    """A side's covers by model_id, set_at to the millisecond (as MongoDB keeps it)."""
+    to_ms = [(m, i, t.replace(microsecond=t.microsecond // 1000 * 1000)) for m, i, t in side.covers.all()]
+    return sorted(to_ms)
+
+
 def test_migrating_to_the_other_mode_and_back_is_byte_identical(store, tmp_path, other_sides):
     uri, other_db = other_sides
-    jpeg = add(JPEG, "m1", uploaded_by="alice")
+    jpeg = add(JPEG, "m1", uploaded_by="alice", label="front")
     add(JPEG, "m2")
-    add(PNG, "m2", "b.png", uploaded_at=datetime(2023, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
+    when = datetime(2023, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    older = add(PNG, "m2", "b.png", uploaded_at=when, label="top")
+    services.set_cover("m1", jpeg.image_id)
+    services.set_cover("m2", older.image_id)
+    gone = add(OTHER_JPEG, "m3")
+    services.set_cover("m3", gone.image_id)
+    get_backend().records.delete(gone.image_id)  # a delete cut off before clearing the cover
+    services.release_blob(store.storage, gone.sha256, gone.image_id)
     derivative = Spec(32, None, "contain", "webp", 80).name(jpeg.sha256)
     store.storage.save(derivative, ContentFile(b"a derivative's bytes"))
     original = (by_id(store.records()), blob_bytes(store.storage, store.blob_names()))
     assert len(original[1]) == 3  # two originals and a derivative
+    covers = covers_of(get_backend())
+    assert [m for m, _, _ in covers] == ["m1", "m2", "m3"]
+    copied = covers[:2]  # not m3's, whose image is gone
 
     middle_dir, back_dir = tmp_path / "middle", tmp_path / "back"
     if store.mode == "embedded":
@@ -500,17 +584,24 @@ def test_migrating_to_the_other_mode_and_back_is_byte_identical(store, tmp_path,
 
     out = run("migrate_storage", *there, "--quiet")
     assert "copied 3" in out
-    assert contents(middle) == original
+    assert "Covers: copied 2, already set 0, left out 1\n  m3: its cover" in out  # m3's image is gone
+    assert contents(middle) == original  # with the labels
+    assert covers_of(middle) == copied  # with when they were set
     assert (by_id(store.records()), blob_bytes(store.storage, store.blob_names())) == original  # untouched
-    assert "copied 0 (0 B), already in the target 3" in run("migrate_storage", *there, "--quiet")
+    again = run("migrate_storage", *there, "--quiet")
+    assert "copied 0 (0 B), already in the target 3" in again
+    assert "Covers: copied 0, already set 2, left out 1" in again
 
     assert "copied 3" in run("migrate_storage", *back, "--quiet")
     assert contents(final) == original
+    assert covers_of(final) == copied
 
     out = run("migrate_storage", *there, "--delete-source", "--quiet")
     assert "deleted from the source 3" in out
     store.assert_empty()
+    assert covers_of(get_backend()) == covers[2:]  # the dangling cover is fsck's to clear
     assert contents(middle) == original
+    assert covers_of(middle) == copied
     middle.close()
     final.close()
 

@@ -1,5 +1,6 @@
 """`manage.py export DEST`: every image, or one model's, as DEST/<model_id>/<filename>, plus
-DEST/manifest.jsonl with every record, which `manage.py import DEST` restores exactly.
+DEST/manifest.jsonl with every record (and `"cover": true` on each model's cover's), which
+`manage.py import DEST` restores exactly.
 
 The manifest is written last (under a temporary name until then), so a folder with a manifest is
 a whole export. Every file's sha256 is checked as it is copied: damaged bytes are never exported.
@@ -87,6 +88,7 @@ class Command(BaseCommand):
         root.mkdir(parents=True, exist_ok=True)
         partial = root / f"{MANIFEST}.partial"
         taken: defaultdict[str, set[str]] = defaultdict(set)
+        covers = {(m, image_id) for m, image_id, _ in services.list_covers()}
         tally = Tally()
         with Progress(services.count(model_id), "export", quiet) as progress, partial.open("w") as manifest:
             for record in services.all_records(model_id):
@@ -95,7 +97,8 @@ class Command(BaseCommand):
                 if problem := copy_blob(storage, record, root / path):
                     tally.add(FAILED, record.size, f"{record.image_id} ({record.model_id})", problem)
                 else:
-                    manifest.write(manifest_line(path, record) + "\n")
+                    cover = (record.model_id, record.image_id) in covers
+                    manifest.write(manifest_line(path, record, cover) + "\n")
                     tally.add(EXPORTED, record.size)
                 progress.advance(record.size)
         partial.replace(root / MANIFEST)

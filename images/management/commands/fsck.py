@@ -19,6 +19,10 @@ Kinds of damage:
   are not blobs: left alone, whatever their names, and counted as legacy_files.
 - wrong_dimensions (with --deep): a record whose width and height are not the picture's as shown,
   after EXIF orientation (records stored before uploads applied it). --repair stores the right ones.
+- dangling_cover: a model's cover (images/covers.py) whose image is no record of that model: a delete
+  cut off between deleting the record and clearing the cover (see services.delete_image). Reads
+  already fall back to the model's newest image; --repair clears the cover (only if it still names
+  that image, so a cover chosen meanwhile stays).
 - temp_file (embedded mode: `<blobs>/.tmp`), orphan_chunks (mongo mode: GridFS chunks without a files
   document), upload_temp_file (spooled uploads in FILE_UPLOAD_TEMP_DIR): what unfinished writes left
   behind. Deleted by --repair.
@@ -44,6 +48,7 @@ from gridfs.errors import CorruptGridFile
 from images import services
 from images.backend import STORE_ERRORS, Backend, get_backend
 from images.bulk import human_bytes
+from images.covers import with_images
 from images.documents import ImageRecord, iter_records
 from images.errors import UnprocessableImage
 from images.storage import Leftover, files_in
@@ -108,6 +113,7 @@ class Check:
             if record.sha256 not in self.blobs:
                 missing.append(record)
         self.missing_blobs(missing)
+        self.dangling_covers()
         self.pins()
         self.orphan_blobs()
         if deep:
@@ -142,6 +148,15 @@ class Check:
                 detail = f"no record needs it ({human_bytes(size)}, written {modified:%F %T})"
                 fix = partial(self.release if name == original else self.storage.delete, name)
                 self.problems.append(Problem(kind, name, detail, "delete it", fix))
+
+    def dangling_covers(self) -> None:
+        covers = self.backend.covers
+        for model_id, image_id, _, held in with_images(covers, self.docs):
+            if held or covers.get(model_id) != image_id:
+                continue  # its image is there, or the cover was cleared or changed since the listing
+            detail = f"names image {image_id}, which is no record of this model"
+            fix = partial(covers.clear, model_id, image_id)
+            self.problems.append(Problem("dangling_cover", model_id, detail, "clear it", fix))
 
     def pins(self) -> None:
         """Each record pins its blob, and each pin is a record's (see images/storage.py)."""

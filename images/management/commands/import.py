@@ -2,12 +2,15 @@
 
 Every file goes through `services.add_image`, so it is refused or accepted exactly as an upload
 would be, and the same bytes for the same model are never stored twice: running the command again
-adds nothing, and running it after an interruption picks up where it stopped.
+adds nothing, and running it after an interruption picks up where it stopped. An export's cover is
+set once its image is stored, unless the model has a cover here already: an import adds, it never
+changes what the store holds.
 """
 
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from images.documents import ImageRecord
 from images.validation import validate_model_id
 
 ADDED, PRESENT, REFUSED = "added", "present", "refused"
+COVER_SET, COVER_PRESENT, COVER_KEPT = "set", "present", "kept"  # an export's cover, here
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Source:
     size: int
     model_id: str = ""
     restore: ImageRecord | None = None  # from a manifest: the record to restore exactly
+    cover: bool = False  # from a manifest: the record is its model's cover
     refusal: str | None = None  # why it is refused before it is even read
 
 
@@ -87,8 +92,10 @@ def is_hidden(relative: Path) -> bool:
 
 
 def manifest_sources(manifest: Path) -> list[Source]:
-    entries = read_manifest(manifest)
-    return [Source(path, record.size, record.model_id, restore=record) for path, record in entries]
+    return [
+        Source(e.path, e.record.size, e.record.model_id, restore=e.record, cover=e.cover)
+        for e in read_manifest(manifest)
+    ]
 
 
 def plain_source(path: Path, rule: Callable[[Path], str] | None) -> Source:
@@ -107,12 +114,21 @@ def reason(exc: APIException) -> str:
     return f"{exc.get_codes()}: {exc.detail}"
 
 
+def cover_outcome(model_id: str, image_id: str) -> str:
+    """What restoring `image_id` as the model's cover does here: set it, find it set, or keep another."""
+    current = services.cover_record(model_id)
+    if current is None:
+        return COVER_SET
+    return COVER_PRESENT if current.image_id == image_id else COVER_KEPT
+
+
 class Importer:
     """Imports one source at a time, from any number of threads."""
 
     def __init__(self, dry_run: bool) -> None:
         self.dry_run = dry_run
         self.planned: set[tuple[str, str]] = set()  # a dry run's would-be additions
+        self.covers: Counter[str] = Counter()  # COVER_*: what became of the export's covers
         self.lock = threading.Lock()
 
     def __call__(self, source: Source) -> tuple[str, str | None]:
@@ -144,11 +160,13 @@ class Importer:
             with self.lock:
                 present = key in self.planned or services.find_by_content(*key) is not None
                 self.planned.add(key)
+            if source.cover:
+                self.count_cover(cover_outcome(source.model_id, record.image_id))
             return (PRESENT if present else ADDED), None
         if record is None:
             _, created = services.add_image(file, source.model_id)
         else:
-            _, created = services.add_image(
+            stored, created = services.add_image(
                 file,
                 record.model_id,
                 filename=record.filename,
@@ -157,7 +175,21 @@ class Importer:
                 uploaded_by=record.uploaded_by,
                 label=record.label,
             )
+            if source.cover:
+                self.restore_cover(stored)
         return (ADDED if created else PRESENT), None
+
+    def restore_cover(self, stored: ImageRecord) -> None:
+        """Makes the stored image (the export's, or the same bytes already here under another image_id)
+        its model's cover, unless the model has one here already."""
+        outcome = cover_outcome(stored.model_id, stored.image_id)
+        if outcome == COVER_SET:
+            services.set_cover(stored.model_id, stored.image_id)
+        self.count_cover(outcome)
+
+    def count_cover(self, outcome: str) -> None:
+        with self.lock:
+            self.covers[outcome] += 1
 
 
 class Command(BaseCommand):
@@ -190,10 +222,11 @@ class Command(BaseCommand):
         sources = find_sources(paths, model_rule(options["model_id"], options["model_from"]))
         get_backend().ensure_schema()
         tally = Tally()
+        importer = Importer(dry_run)
         interrupted = False
         with Progress(len(sources), "import", options["quiet"]) as progress:
             try:
-                for source, (outcome, problem) in parallel(Importer(dry_run), sources, jobs):
+                for source, (outcome, problem) in parallel(importer, sources, jobs):
                     tally.add(outcome, source.size, str(source.path), problem)
                     progress.advance(source.size)
             except KeyboardInterrupt:
@@ -201,6 +234,12 @@ class Command(BaseCommand):
         added = "would add" if dry_run else "added"
         labels = {ADDED: added, PRESENT: "already present", REFUSED: "refused"}
         self.stdout.write("\n".join(tally.summary(labels)))
+        if covers := importer.covers:
+            set_ = "would set" if dry_run else "set"
+            self.stdout.write(
+                f"Covers: {set_} {covers[COVER_SET]}, already set {covers[COVER_PRESENT]}, "
+                f"kept another one here {covers[COVER_KEPT]}"
+            )
         if dry_run:
             self.stdout.write("Dry run: nothing was stored.")
         if interrupted:

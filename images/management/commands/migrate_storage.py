@@ -1,11 +1,14 @@
-"""`manage.py migrate_storage --to mongo|embedded`: copies every record, blob and derivative across.
+"""`manage.py migrate_storage --to mongo|embedded`: copies every record, blob, derivative and cover
+across.
 
 Both sides are built explicitly, whatever mode the settings select: the Mongo side from --mongo-uri
 and --mongo-db (else the MONGO_* settings), the embedded side from --data-dir (else DATA_DIR, or the
 configured store when the settings select embedded mode). Each blob's sha256 is checked in the
 target before its record is written there, so a record in the target means a finished copy: run
-again after an interruption, the command skips those. The source is left untouched, unless
---delete-source, which deletes from the source what is verified in the target, once all is copied.
+again after an interruption, the command skips those. Covers follow the records: each whose image
+is in the target is set there as in the source (with when it was chosen). The source is left
+untouched, unless --delete-source, which deletes from the source what is verified in the target,
+once all is copied.
 """
 
 from pathlib import Path
@@ -19,6 +22,7 @@ from pymongo.errors import ConfigurationError
 
 from images.backend import Backend, EmbeddedBackend, MongoBackend, get_backend
 from images.bulk import Progress, Tally
+from images.covers import with_images
 from images.documents import DuplicateImage, ImageRecord, iter_records
 from images.services import release_blob, sha256_of
 from images.storage import BlobFileSystemStorage, GridFSStorage
@@ -140,6 +144,21 @@ class Migration:
                 raise Damaged(f"{name} is not the bytes it should be (run fsck --deep on both)")
         return copied
 
+    def copy_covers(self) -> Tally:
+        """Sets in the target each source cover whose image the target holds (for the same model); a
+        cover whose image is not there (not copied, or gone from the source: fsck's dangling_cover) is
+        left out, and listed."""
+        tally = Tally()
+        for model_id, image_id, set_at, held in with_images(self.source.covers, self.target.records):
+            if not held:
+                tally.add(FAILED, 0, model_id, f"its cover {image_id} is not in the target")
+            elif self.target.covers.get(model_id) == image_id:
+                tally.add(PRESENT, 0)
+            else:
+                self.target.covers.set(model_id, image_id, set_at)
+                tally.add(COPIED, 0)
+        return tally
+
     def delete_source(self) -> Tally:
         """Deletes each source record that the target holds, then its blob and derivatives once no
         source record needs them."""
@@ -150,6 +169,7 @@ class Migration:
                 tally.add(FAILED, record.size, record.image_id, "not in the target (new since the copy?)")
                 continue
             if self.source.records.delete(record.image_id):
+                self.source.covers.clear(record.model_id, record.image_id)  # as services.delete_image
                 release_blob(self.source.blobs, record.sha256, record.image_id)
             tally.add(COPIED, record.size)
         return tally
@@ -199,6 +219,10 @@ class Command(BaseCommand):
         self.stdout.write("\n".join(tally.summary(labels)))
         if interrupted:
             raise CommandError("Interrupted: run the same command again to resume.", returncode=130)
+        covers = migration.copy_covers()
+        counts = covers.counts
+        lines = [f"Covers: copied {counts[COPIED]}, already set {counts[PRESENT]}, left out {counts[FAILED]}"]
+        self.stdout.write("\n".join(lines + [f"  {m}: {problem}" for m, problem in sorted(covers.problems)]))
         if tally.counts[FAILED]:
             raise CommandError(
                 f"{tally.counts[FAILED]} record(s) not copied (listed above); the source is kept."
