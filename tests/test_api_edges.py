@@ -1,0 +1,167 @@
+"""Edge cases of the API that no other test sent (issue 21), in both modes: ranges of a blob that is
+neither in memory nor sendfile()d, HEAD without reading the bytes, the headers of refusals, page
+limits and cursors, and a filename that sanitizes to nothing.
+"""
+
+import base64
+import hashlib
+import json
+from datetime import datetime
+
+import pytest
+from bson import ObjectId
+
+from images import hotcache
+from tests.helpers import assert_error, body, upload
+from tests.samples import image_bytes, noise_jpeg
+
+
+@pytest.fixture
+def big(store, client) -> tuple[bytes, str]:
+    """A JPEG over the hot cache's largest blob, so its ranges stream from storage through
+    RangeReader (a GridFS reader in Mongo mode); its content URL."""
+    data = noise_jpeg((640, 480))
+    assert len(data) > hotcache.BlobCache.MAX_BLOB
+    meta = upload(client, data).json()
+    return data, f"/images/{meta['image_id']}/content"
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [
+        (0, 99),  # ends inside the bytes read ahead in the view
+        (1000, 70_000),  # across the read-ahead and several blocks
+        (5, None),  # to the end
+        (-1_000_000, None),  # a suffix longer than the file: all of it
+    ],
+)
+def test_ranges_of_a_streamed_blob_send_exactly_their_bytes(store, client, big, first, last):
+    data, url = big
+    if first < 0:
+        header, expected, start = f"bytes={first}", data[first:], 0
+    else:
+        header = f"bytes={first}-" + ("" if last is None else str(last))
+        expected, start = data[first : None if last is None else last + 1], first
+    response = client.get(url, headers={"Range": header})
+    assert response.status_code == 206
+    assert response.streaming
+    assert body(response) == expected
+    assert response["Content-Length"] == str(len(expected))
+    assert response["Content-Range"] == f"bytes {start}-{start + len(expected) - 1}/{len(data)}"
+
+
+def test_a_streamed_blob_comes_whole_without_a_range(store, client, big):
+    data, url = big
+    response = client.get(url)
+    assert response.status_code == 200
+    assert body(response) == data
+
+
+def test_a_suffix_range_longer_than_a_small_file_is_all_of_it(store, client):
+    data = image_bytes()
+    meta = upload(client, data).json()
+    response = client.get(
+        f"/images/{meta['image_id']}/content", headers={"Range": f"bytes=-{len(data) + 50}"}
+    )
+    assert response.status_code == 206
+    assert body(response) == data
+    assert response["Content-Range"] == f"bytes 0-{len(data) - 1}/{len(data)}"
+
+
+def test_spaces_inside_range_are_allowed(store, client):
+    data = image_bytes()
+    meta = upload(client, data).json()
+    response = client.get(f"/images/{meta['image_id']}/content", headers={"Range": "bytes = 2 - 5"})
+    assert response.status_code == 206
+    assert body(response) == data[2:6]
+
+
+@pytest.mark.parametrize("size", ["small", "big"])
+def test_head_never_reads_the_bytes(store, client, monkeypatch, size):
+    data = image_bytes() if size == "small" else noise_jpeg((640, 480))
+    meta = upload(client, data).json()
+    hotcache.clear()
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("HEAD opened the blob")
+
+    monkeypatch.setattr(type(store.storage), "open", no_read)
+    url = f"/images/{meta['image_id']}/content"
+    response = client.head(url)
+    assert response.status_code == 200
+    assert response["Content-Length"] == str(len(data))
+    ranged = client.head(url, headers={"Range": "bytes=1-3"})
+    assert ranged.status_code == 206
+    assert ranged["Content-Length"] == "3"
+    assert ranged["Content-Range"] == f"bytes 1-3/{len(data)}"
+    assert ranged.content == b""
+
+
+def test_a_412_and_a_416_are_never_cached(store, client):
+    data = image_bytes()
+    meta = upload(client, data).json()
+    url = f"/images/{meta['image_id']}/content"
+    failed = client.get(url, headers={"If-Match": '"other"'})
+    assert_error(failed, 412, "precondition_failed")
+    assert failed["Cache-Control"] == "no-store"
+    unsatisfiable = client.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert_error(unsatisfiable, 416, "range_not_satisfiable")
+    assert unsatisfiable["Cache-Control"] == "no-store"
+    assert client.get(url)["Cache-Control"] == "public, max-age=31536000, immutable"
+
+
+def test_an_empty_filename_on_a_jpeg_gets_a_jpg_name(store, client):
+    data = image_bytes("JPEG")
+    meta = upload(client, data, name="...").json()
+    assert meta["filename"] == f"{hashlib.sha256(data).hexdigest()[:12]}.jpg"
+    response = client.get(f"/images/{meta['image_id']}/content")
+    assert f'filename="{meta["filename"]}"' in response["Content-Disposition"]
+
+
+def test_limit_1_pages_one_record_at_a_time(store, client):
+    metas = [upload(client, image_bytes(seed=i)).json() for i in range(2)]
+    first = client.get("/images?limit=1")
+    assert [m["image_id"] for m in first.json()] == [metas[1]["image_id"]]
+    link = first["Link"]
+    second = client.get(link[1 : link.index(">")].removeprefix("http://testserver"))
+    assert [m["image_id"] for m in second.json()] == [metas[0]["image_id"]]
+    assert "Link" not in second
+
+
+def cursor(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("limit=0", "invalid_limit"),
+        ("limit=1001", "invalid_limit"),
+        ("limit=", "invalid_limit"),
+        ("limit=%C2%B2", "invalid_limit"),
+        ("count=yes", "invalid_count"),
+        ("cursor=nonsense", "invalid_cursor"),
+        (f"cursor={cursor(['2026-01-01T00:00:00', str(ObjectId())])}", "invalid_cursor"),  # no time zone
+        (f"cursor={cursor(['2026-01-01T00:00:00+00:00', 'not-an-id'])}", "invalid_cursor"),
+        (f"cursor={cursor(7)}", "invalid_cursor"),
+        (f"cursor={cursor(['2026-01-01T00:00:00+00:00'])}", "invalid_cursor"),
+    ],
+)
+def test_bad_page_parameters_say_which(store, client, query, code):
+    assert_error(client.get(f"/images?{query}"), 400, code)
+
+
+def test_the_limits_of_limit_are_accepted(store, client):
+    upload(client, image_bytes())
+    for limit in (1, 1000):
+        response = client.get(f"/images?limit={limit}")
+        assert response.status_code == 200
+        assert len(response.json()) == 1
+
+
+def test_a_cursor_with_a_time_zone_other_than_utc_is_valid(store, client):
+    first, second = (upload(client, image_bytes(seed=i)).json() for i in range(2))
+    at = datetime.fromisoformat(second["uploaded_at"].replace("Z", "+00:00")).astimezone()
+    response = client.get(f"/images?cursor={cursor([at.isoformat(), second['image_id']])}")
+    assert response.status_code == 200
+    assert [m["image_id"] for m in response.json()] == [first["image_id"]]
