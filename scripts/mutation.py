@@ -13,6 +13,7 @@ after an edit never hides a different mutant.
 """
 
 import argparse
+import fnmatch
 import json
 import os
 import random
@@ -36,28 +37,34 @@ def module_tests() -> dict[str, dict]:
     return config["tool"]["image-service"]["mutation"]["modules"]
 
 
-def run_one(module: str, tests: list[str], sample: int | None, seed: int) -> None:
-    """In a child process: mutmut on `module` only, with only `tests` to select from."""
+def run_one(module: str, setup: dict, sample: int | None, seed: int) -> None:
+    """In a child process: mutmut on `module` only, with only its tests to select from, and only
+    the functions that `setup["functions"]` names (globs of mutmut's names), when it names any."""
     os.chdir(ROOT)
     from mutmut import configuration
 
     cfg = configuration.config()
     cfg.only_mutate = [module]
-    cfg.pytest_add_cli_args_test_selection = tests
+    cfg.pytest_add_cli_args_test_selection = setup["tests"]
     from mutmut.__main__ import _run, create_mutants
     from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, setup_source_paths
 
     names: list[str] = []
-    if sample is not None:
+    functions = [module_prefix(module) + f for f in setup.get("functions", [])]
+    if sample is not None or functions:
         Path("mutants").mkdir(exist_ok=True)
         copy_src_dir()
         copy_also_copy_files()
         setup_source_paths()
         create_mutants(1)
-        names = sorted(read_meta(module))
-        if sample < len(names):
+        names = sorted(n for n in read_meta(module) if not functions or matches(n, functions))
+        if sample is not None and sample < len(names):
             names = sorted(random.Random(seed).sample(names, sample))
     _run(names, max_children=1)
+
+
+def matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
 def read_meta(module: str) -> dict[str, int | None]:
@@ -123,7 +130,7 @@ def main() -> int:
     args = parser.parse_args()
     configured = module_tests()
     if args.one:
-        run_one(args.one, configured[args.one]["tests"], args.sample, args.seed)
+        run_one(args.one, configured[args.one], args.sample, args.seed)
         return 0
     modules = args.modules or list(configured)
     unknown = [m for m in modules if m not in configured]
@@ -154,7 +161,7 @@ def main() -> int:
                 return done.returncode
             print(f"   ran in {time.monotonic() - started:.0f} s; mutmut's output: {log}", flush=True)
             names = None
-            if args.sample:
+            if args.sample or configured[module].get("functions"):
                 names = {k for k, v in read_meta(module).items() if v is not None}
             totals.append((module, *report(module, names)))
     print("\nmodule                        detected / run   score")

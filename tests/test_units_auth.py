@@ -1,0 +1,84 @@
+"""Unit tests of images/auth.py's rules: how scopes nest, where a credential is read from, and what
+a signed-in user may do. The API tests in test_access.py cover the same through requests."""
+
+import time
+from types import SimpleNamespace
+
+import jwt
+import pytest
+from django.test import RequestFactory
+from rest_framework.exceptions import AuthenticationFailed
+
+from images.auth import JWTAuthentication, Principal, _credential, caller_name, user_scopes
+
+
+@pytest.mark.parametrize(
+    ("scopes", "read", "write", "admin"),
+    [
+        ({"read"}, True, False, False),
+        ({"write"}, True, True, False),
+        ({"admin"}, True, True, True),
+        ({"read", "admin"}, True, True, True),
+        ({"write", "other"}, True, True, False),
+        ({"other"}, False, False, False),
+        (set(), False, False, False),
+    ],
+)
+def test_scopes_nest(scopes, read, write, admin):
+    caller = Principal("ci", frozenset(scopes))
+    assert (caller.has("read"), caller.has("write"), caller.has("admin")) == (read, write, admin)
+
+
+def test_a_principal_is_shown_by_its_name():
+    caller = Principal("ci-uploader", frozenset({"read"}))
+    assert str(caller) == "ci-uploader"
+    assert caller.is_authenticated
+
+
+@pytest.mark.parametrize(
+    ("header", "scheme", "value"),
+    [
+        ("Api-Key isk_abc", "api-key", "isk_abc"),
+        ("API-KEY  isk_abc ", "api-key", "isk_abc"),
+        ("Bearer tok", "bearer", "tok"),
+        ("Bearer tok", "api-key", None),
+        ("isk_abc", "api-key", None),
+        (None, "api-key", None),
+    ],
+)
+def test_the_credential_comes_from_the_authorization_header_and_its_scheme(header, scheme, value):
+    extra = {} if header is None else {"HTTP_AUTHORIZATION": header}
+    assert _credential(RequestFactory().get("/", **extra), scheme) == value
+
+
+@pytest.mark.parametrize(
+    ("superuser", "staff", "scopes"),
+    [(True, False, {"admin"}), (False, True, {"admin"}), (True, True, {"admin"}), (False, False, {"write"})],
+)
+def test_users_scopes(superuser, staff, scopes):
+    assert user_scopes(SimpleNamespace(is_superuser=superuser, is_staff=staff)) == scopes
+
+
+def test_the_callers_name_is_recorded_only_when_there_is_a_caller():
+    assert caller_name(SimpleNamespace(user=Principal("k", frozenset()))) == "k"
+    assert caller_name(SimpleNamespace(user=None)) is None
+
+
+def bearer(settings, **claims) -> Principal:
+    settings.JWT_HS256_SECRET = "s" * 32
+    settings.JWT_PUBLIC_KEY = ""
+    token = jwt.encode({"exp": int(time.time()) + 60, **claims}, "s" * 32, algorithm="HS256")
+    request = RequestFactory().get("/", HTTP_AUTHORIZATION=f"Bearer {token}")
+    return JWTAuthentication().authenticate(request)[0]
+
+
+def test_a_tokens_subject_and_scopes(settings):
+    caller = bearer(settings, sub=" ci ", scope="read  write")
+    assert caller == Principal("ci", frozenset({"read", "write"}))
+    assert bearer(settings, sub="x").scopes == frozenset()
+
+
+@pytest.mark.parametrize("sub", ["", "   "])
+def test_a_token_with_an_empty_subject_is_refused(settings, sub):
+    with pytest.raises(AuthenticationFailed, match="sub is empty"):
+        bearer(settings, sub=sub)
