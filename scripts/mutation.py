@@ -37,7 +37,7 @@ def module_tests() -> dict[str, dict]:
     return config["tool"]["image-service"]["mutation"]["modules"]
 
 
-def run_one(module: str, setup: dict, sample: int | None, seed: int) -> None:
+def run_one(module: str, setup: dict, sample: int | None, seed: int, again: bool) -> None:
     """In a child process: mutmut on `module` only, with only its tests to select from, and only
     the functions that `setup["functions"]` names (globs of mutmut's names), when it names any."""
     os.chdir(ROOT)
@@ -49,6 +49,12 @@ def run_one(module: str, setup: dict, sample: int | None, seed: int) -> None:
     from mutmut.__main__ import _run, create_mutants
     from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, setup_source_paths
 
+    if again:  # the last run's undetected mutants, against the tests as they are now
+        from mutmut.stats import status_by_exit_code
+
+        codes = read_meta(module)
+        _run([n for n, c in codes.items() if c is not None and status_by_exit_code[c] not in DETECTED], 1)
+        return
     names: list[str] = []
     functions = [module_prefix(module) + f for f in setup.get("functions", [])]
     if sample is not None or functions:
@@ -126,16 +132,23 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help="e.g. images/validation.py (default: all configured)")
     parser.add_argument("--sample", type=int, help="run only N mutants per module, chosen at random")
     parser.add_argument("--seed", type=int, default=21, help="of the sample (default 21)")
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="run only the survivors of the last run of this module again (after adding tests)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configured = module_tests()
     if args.one:
-        run_one(args.one, configured[args.one], args.sample, args.seed)
+        run_one(args.one, configured[args.one], args.sample, args.seed, args.again)
         return 0
     modules = args.modules or list(configured)
     unknown = [m for m in modules if m not in configured]
     if unknown:
         parser.error(f"no tests configured for {unknown} in [tool.image-service.mutation.modules]")
+    if args.again and (len(modules) != 1 or not (ROOT / "mutants" / f"{modules[0]}.meta").exists()):
+        parser.error("--again takes the one module that the last run tested")
     totals = []
     with ExitStack() as stack:
         env = dict(os.environ)
@@ -146,12 +159,14 @@ def main() -> int:
             data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mutation-ferretdb-")))
             env["MONGO_TEST_URI"] = stack.enter_context(servers.ferretdb(servers.ferretdb_binary(), data))
         for module in modules:
-            shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+            if not args.again:
+                shutil.rmtree(ROOT / "mutants", ignore_errors=True)
             print(f"== {module}: {' '.join(configured[module]['tests'])}", flush=True)
             argv = [sys.executable, __file__, "--one", module, "--seed", str(args.seed)]
+            argv += ["--again"] if args.again else []
             if args.sample:
                 argv += ["--sample", str(args.sample)]
-            (ROOT / "mutants").mkdir()
+            (ROOT / "mutants").mkdir(exist_ok=True)
             log = ROOT / "mutants" / "run.log"  # mutmut's progress, spinner included
             started = time.monotonic()
             with log.open("w") as out:
@@ -161,7 +176,7 @@ def main() -> int:
                 return done.returncode
             print(f"   ran in {time.monotonic() - started:.0f} s; mutmut's output: {log}", flush=True)
             names = None
-            if args.sample or configured[module].get("functions"):
+            if args.sample or args.again or configured[module].get("functions"):
                 names = {k for k, v in read_meta(module).items() if v is not None}
             totals.append((module, *report(module, names)))
     print("\nmodule                        detected / run   score")

@@ -34,6 +34,12 @@ def code_of(parse, query: str) -> str:
     return caught.value.get_codes()
 
 
+def detail_of(parse, query: str) -> str:
+    with pytest.raises(InvalidRequest) as caught:
+        parse(get(query))
+    return str(caught.value.detail)
+
+
 def record(at: datetime = AT, image_id: str = ID) -> ImageRecord:
     return ImageRecord(image_id, "m", "a.png", "image/png", 1, "0" * 64, 1, 1, at)
 
@@ -50,10 +56,13 @@ def test_limits_that_are_refused(query):
     assert code_of(parse_limit, query) == "invalid_limit"
 
 
-def test_the_limit_message_names_the_largest():
-    with pytest.raises(InvalidRequest) as caught:
-        parse_limit(get("limit=0"))
-    assert str(caught.value.detail) == f"limit must be an integer from 1 to {MAX_LIMIT}."
+def test_the_messages_say_what_is_wanted():
+    assert detail_of(parse_limit, "limit=0") == "limit must be an integer from 1 to 1000."
+    assert detail_of(parse_count, "count=1") == "count must be true or false."
+    assert detail_of(parse_cursor, "cursor=abcde") == (
+        "cursor is not valid; use the URL from the previous page's Link header."
+    )
+    assert detail_of(parse_cursor, f"cursor={encoded(['2026-01-01T00:00:00', ID])}") == "cursor is not valid."
 
 
 @pytest.mark.parametrize(("query", "wanted"), [("", False), ("count=false", False), ("count=true", True)])
@@ -86,6 +95,7 @@ def encoded(value: object) -> str:
     "raw",
     [
         "nonsense!",
+        "abcde",  # not base64: binascii.Error
         encoded(["2026-01-01T00:00:00", ID]),  # no time zone
         encoded(["2026-01-01T00:00:00+00:00", "nope"]),
         encoded(["2026-01-01T00:00:00+00:00"]),

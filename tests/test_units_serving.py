@@ -60,6 +60,21 @@ def test_a_file_shorter_than_the_range_ends_the_range_early():
     assert part.read() == DATA[94:]
 
 
+def test_a_range_of_one_byte_reads_that_byte():
+    assert reader(7, 1).read() == DATA[7:8]
+    part = reader(0, 4)
+    assert part.read(3) == DATA[:3]
+    assert part.read(3) == DATA[3:4]
+
+
+def test_reading_zero_bytes_reads_nothing_and_loses_nothing():
+    part = reader(0, 10)
+    assert part.read(0) == b""
+    part.read_first(2)
+    assert part.read(0) == b""
+    assert part.read() == DATA[:10]
+
+
 def test_a_range_of_zero_bytes_reads_nothing():
     assert reader(0, 0).read() == b""
     assert reader(0, 0).read(5) == b""
