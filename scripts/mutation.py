@@ -52,8 +52,9 @@ def run_one(module: str, setup: dict, sample: int | None, seed: int, again: bool
     if again:  # the last run's undetected mutants, against the tests as they are now
         from mutmut.stats import status_by_exit_code
 
-        codes = read_meta(module)
-        _run([n for n, c in codes.items() if c is not None and status_by_exit_code[c] not in DETECTED], 1)
+        codes, known = read_meta(module), equivalents()  # equivalents would only survive again
+        again = [n for n, c in codes.items() if c is not None and status_by_exit_code[c] not in DETECTED]
+        _run([n for n in again if n not in known], 1)
         return
     names: list[str] = []
     functions = [module_prefix(module) + f for f in setup.get("functions", [])]

@@ -10,6 +10,7 @@ from datetime import datetime
 
 import pytest
 from bson import ObjectId
+from django.utils.http import http_date
 
 from images import hotcache
 from tests.helpers import assert_error, body, upload
@@ -102,12 +103,21 @@ def test_a_412_and_a_416_are_never_cached(store, client):
     meta = upload(client, data).json()
     url = f"/images/{meta['image_id']}/content"
     failed = client.get(url, headers={"If-Match": '"other"'})
-    assert_error(failed, 412, "precondition_failed")
+    assert assert_error(failed, 412, "precondition_failed")["detail"] == (
+        "If-Match or If-Unmodified-Since did not hold."
+    )
     assert failed["Cache-Control"] == "no-store"
     unsatisfiable = client.get(url, headers={"Range": f"bytes={len(data)}-"})
     assert_error(unsatisfiable, 416, "range_not_satisfiable")
     assert unsatisfiable["Cache-Control"] == "no-store"
     assert client.get(url)["Cache-Control"] == "public, max-age=31536000, immutable"
+
+
+def test_last_modified_is_the_upload_time(store, client):
+    meta = upload(client, image_bytes()).json()
+    uploaded = datetime.fromisoformat(meta["uploaded_at"].replace("Z", "+00:00"))
+    response = client.get(f"/images/{meta['image_id']}/content")
+    assert response["Last-Modified"] == http_date(int(uploaded.timestamp()))
 
 
 def test_an_empty_filename_on_a_jpeg_gets_a_jpg_name(store, client):
