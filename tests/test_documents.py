@@ -49,7 +49,7 @@ def test_pages_are_newest_first_with_ties_broken_by_image_id(docs):
     older = record(9, at=AT - timedelta(seconds=1))
     for one in [*same, older]:
         docs.insert(one)
-    expected = sorted(same, key=lambda r: r.image_id, reverse=True) + [older]
+    expected = [*sorted(same, key=lambda r: r.image_id, reverse=True), older]
     assert docs.page(None, None, 10) == expected
     assert docs.page(None, None, 2) == expected[:2]
     assert docs.page(None, (AT, expected[0].image_id), 10) == expected[1:]
