@@ -5,14 +5,17 @@ limits and cursors, and a filename that sanitizes to nothing.
 
 import base64
 import hashlib
+import io
 import json
 from datetime import datetime
 
 import pytest
 from bson import ObjectId
+from django.core.files import File
+from django.http import FileResponse
 from django.utils.http import http_date
 
-from images import hotcache
+from images import hotcache, serving
 from tests.helpers import assert_error, body, upload
 from tests.samples import image_bytes, noise_jpeg
 
@@ -46,9 +49,60 @@ def test_ranges_of_a_streamed_blob_send_exactly_their_bytes(store, client, big, 
     response = client.get(url, headers={"Range": header})
     assert response.status_code == 206
     assert response.streaming
+    assert response["Content-Type"] == "image/jpeg"
     assert body(response) == expected
     assert response["Content-Length"] == str(len(expected))
     assert response["Content-Range"] == f"bytes {start}-{start + len(expected) - 1}/{len(data)}"
+
+
+def reader_of(client, url: str, span: str, monkeypatch) -> serving.RangeReader:
+    """The RangeReader of a ranged GET, as the view returned it: before any byte is sent."""
+    made = []
+
+    class Spy(serving.RangeReader):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(serving, "RangeReader", Spy)
+    assert client.get(url, headers={"Range": span}).status_code == 206
+    return made[0]
+
+
+def test_only_a_blob_that_cannot_be_sendfiled_is_read_ahead_in_the_view(store, client, big, monkeypatch):
+    """The server sendfile()s a real file from its offset, so it must not move; any other reader
+    gives its first bytes in the view, where a storage failure still becomes a JSON 503."""
+    data, url = big
+    reader = reader_of(client, url, "bytes=1000-70000", monkeypatch)
+    if store.mode == "embedded":
+        assert reader.file.tell() == 1000
+        assert reader.first == b""
+    else:
+        assert not hasattr(reader, "fileno")
+        assert reader.first == data[1000 : 1000 + FileResponse.block_size]
+    reader.close()
+
+
+def test_a_stream_from_an_embedded_store_is_read_ahead_too(store, client, big, monkeypatch):
+    data, url = big
+    opened = type(store.storage).open
+
+    def as_stream(self, name, mode="rb"):
+        with opened(self, name, mode) as file:
+            return File(io.BytesIO(file.read()))
+
+    monkeypatch.setattr(type(store.storage), "open", as_stream)
+    reader = reader_of(client, url, "bytes=1000-70000", monkeypatch)
+    assert not hasattr(reader, "fileno")
+    assert reader.first == data[1000 : 1000 + FileResponse.block_size]
+    assert reader.read() == data[1000:70001]
+
+
+def test_each_small_blob_is_cached_under_its_own_name(store, client):
+    first, second = image_bytes(seed=1), image_bytes(seed=2)
+    urls = [f"/images/{upload(client, data).json()['image_id']}/content" for data in (first, second)]
+    assert [body(client.get(url)) for url in urls] == [first, second]
+    assert [body(client.get(url)) for url in urls] == [first, second]
 
 
 def test_a_streamed_blob_comes_whole_without_a_range(store, client, big):
@@ -91,6 +145,7 @@ def test_head_never_reads_the_bytes(store, client, monkeypatch, size):
     response = client.head(url)
     assert response.status_code == 200
     assert response["Content-Length"] == str(len(data))
+    assert response["Content-Type"] == "image/jpeg"
     ranged = client.head(url, headers={"Range": "bytes=1-3"})
     assert ranged.status_code == 206
     assert ranged["Content-Length"] == "3"
