@@ -105,6 +105,31 @@ def test_each_small_blob_is_cached_under_its_own_name(store, client):
     assert [body(client.get(url)) for url in urls] == [first, second]
 
 
+def test_a_derivative_keeps_the_originals_format_and_name(store, client):
+    meta = upload(client, image_bytes("JPEG", (200, 100)), name="my.photo.jpg").json()
+    url = f"/images/{meta['image_id']}/content?w=64"
+    response = client.get(url)
+    assert response["Content-Type"] == "image/jpeg"
+    assert response["Content-Disposition"].startswith('inline; filename="my.photo.jpeg"')
+    auto = client.get(f"{url}&format=auto")  # no Accept header: the original's format
+    assert auto["Content-Type"] == "image/jpeg"
+    assert "accept" in [v.strip().lower() for v in auto["Vary"].split(",")]
+
+
+def test_bytes_gone_behind_a_record_are_a_404_naming_the_image(store, client):
+    data = image_bytes()
+    meta = upload(client, data).json()
+    if store.mongo_db is not None:
+        store.mongo_db["fs.files"].delete_many({"filename": meta["sha256"]})
+    else:
+        for path in store.blob_dir.rglob(meta["sha256"]):
+            if path.is_file():  # the blob, not its folder of pins
+                path.unlink()
+    hotcache.clear()
+    payload = assert_error(client.get(f"/images/{meta['image_id']}/content"), 404)
+    assert payload["detail"] == f"No image has image_id {meta['image_id']!r}."
+
+
 def test_a_streamed_blob_comes_whole_without_a_range(store, client, big):
     data, url = big
     response = client.get(url)

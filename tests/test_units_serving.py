@@ -130,6 +130,7 @@ def test_unsatisfiable_ranges_raise(header):
     ("filename", "fallback", "exact"),
     [
         ("a b.png", "a b.png", "a%20b.png"),
+        ("X-ray.png", "X-ray.png", "X-ray.png"),
         ("tilde~.png", "tilde~.png", "tilde~.png"),  # 126, the last printable ASCII character
         ("del\x7f.png", "del_.png", "del%7F.png"),  # 127
         ("unit\x1f.png", "unit_.png", "unit%1F.png"),  # 31, the last control character
