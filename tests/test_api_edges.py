@@ -7,13 +7,12 @@ import base64
 import hashlib
 import io
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from bson import ObjectId
 from django.core.files import File
 from django.http import FileResponse
-from django.utils.http import http_date
 
 from images import hotcache, serving
 from tests.helpers import assert_error, body, upload
@@ -193,11 +192,14 @@ def test_a_412_and_a_416_are_never_cached(store, client):
     assert client.get(url)["Cache-Control"] == "public, max-age=31536000, immutable"
 
 
-def test_last_modified_is_the_upload_time(store, client):
+def test_last_modified_is_the_upload_time(store, client, monkeypatch):
+    from images import services
+
+    uploaded = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)  # long before the request
+    monkeypatch.setattr(services, "now", lambda: uploaded)
     meta = upload(client, image_bytes()).json()
-    uploaded = datetime.fromisoformat(meta["uploaded_at"].replace("Z", "+00:00"))
     response = client.get(f"/images/{meta['image_id']}/content")
-    assert response["Last-Modified"] == http_date(int(uploaded.timestamp()))
+    assert response["Last-Modified"] == "Thu, 02 Jan 2025 03:04:05 GMT"
 
 
 def test_an_empty_filename_on_a_jpeg_gets_a_jpg_name(store, client):
