@@ -87,6 +87,12 @@ def test_a_cursor_comes_back_as_the_position_it_encodes(at):
     assert parse_cursor(get(f"cursor={raw}")) == (at, ID)
 
 
+def test_a_cursor_is_compact_json():
+    raw = encode_cursor(record())
+    assert json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))) == [AT.isoformat(), ID]
+    assert b" " not in base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))  # short links
+
+
 def encoded(value: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
 
