@@ -9,7 +9,7 @@ import pytest
 from django.test import RequestFactory
 from rest_framework.exceptions import AuthenticationFailed
 
-from images.auth import JWTAuthentication, Principal, _credential, caller_name, user_scopes
+from images.auth import HasScope, JWTAuthentication, Principal, _credential, caller_name, user_scopes
 
 
 @pytest.mark.parametrize(
@@ -80,5 +80,34 @@ def test_a_tokens_subject_and_scopes(settings):
 
 @pytest.mark.parametrize("sub", ["", "   "])
 def test_a_token_with_an_empty_subject_is_refused(settings, sub):
-    with pytest.raises(AuthenticationFailed, match="sub is empty"):
+    with pytest.raises(AuthenticationFailed) as caught:
         bearer(settings, sub=sub)
+    assert str(caught.value.detail) == "The bearer token is not valid: its sub is empty."
+
+
+def test_an_audience_in_the_token_is_not_checked_when_none_is_configured(settings):
+    settings.JWT_AUDIENCE = ""
+    assert bearer(settings, sub="ci", aud="someone-else").name == "ci"
+
+
+def test_a_bad_token_says_why(settings):
+    with pytest.raises(AuthenticationFailed) as caught:
+        bearer(settings, sub="ci", exp=int(time.time()) - 60)
+    assert str(caught.value.detail) == "The bearer token is not valid: Signature has expired."
+
+
+def test_bearer_tokens_without_a_configured_key_say_so(settings):
+    settings.JWT_HS256_SECRET = settings.JWT_PUBLIC_KEY = ""
+    request = RequestFactory().get("/", HTTP_AUTHORIZATION="Bearer x.y.z")
+    with pytest.raises(AuthenticationFailed) as caught:
+        JWTAuthentication().authenticate(request)
+    assert str(caught.value.detail) == "Bearer tokens are not accepted here: no JWT key is configured."
+
+
+def test_a_refusal_names_the_scope_needed(settings):
+    settings.OPEN_MODE_ALLOWED = False
+    check = HasScope()
+    request = SimpleNamespace(user=Principal("k", frozenset({"write"})))
+    assert not check.has_permission(request, SimpleNamespace(required_scope="admin"))
+    assert check.message == "This needs the 'admin' scope, which your credential does not have."
+    assert check.has_permission(request, SimpleNamespace(required_scope="write"))
