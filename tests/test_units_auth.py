@@ -9,7 +9,16 @@ import pytest
 from django.test import RequestFactory
 from rest_framework.exceptions import AuthenticationFailed
 
-from images.auth import HasScope, JWTAuthentication, Principal, _credential, caller_name, user_scopes
+from images.auth import (
+    ApiKeyAuthentication,
+    HasScope,
+    JWTAuthentication,
+    Principal,
+    _credential,
+    caller_name,
+    user_scopes,
+)
+from images.backend import get_backend
 
 
 @pytest.mark.parametrize(
@@ -102,6 +111,16 @@ def test_bearer_tokens_without_a_configured_key_say_so(settings):
     with pytest.raises(AuthenticationFailed) as caught:
         JWTAuthentication().authenticate(request)
     assert str(caught.value.detail) == "Bearer tokens are not accepted here: no JWT key is configured."
+
+
+def test_an_unknown_api_key_is_refused_saying_where_keys_are_checked(db):
+    request = RequestFactory().get("/", HTTP_AUTHORIZATION="Api-Key isk_unknown")
+    with pytest.raises(AuthenticationFailed) as caught:
+        ApiKeyAuthentication().authenticate(request)
+    assert str(caught.value.detail) == (
+        "The API key is not valid, or it has been revoked. Keys work only in the store they were made "
+        f"in; this service checks {get_backend().keys.WHERE}."
+    )
 
 
 def test_a_refusal_names_the_scope_needed(settings):
