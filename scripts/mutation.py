@@ -54,7 +54,8 @@ def run_one(module: str, setup: dict, sample: int | None, seed: int, again: bool
 
         codes, known = read_meta(module), equivalents()  # equivalents would only survive again
         again = [n for n, c in codes.items() if c is not None and status_by_exit_code[c] not in DETECTED]
-        _run([n for n in again if n not in known], 1)
+        if again := [n for n in again if n not in known]:  # none left: nothing to run
+            _run(again, 1)
         return
     names: list[str] = []
     functions = [module_prefix(module) + f for f in setup.get("functions", [])]
@@ -178,7 +179,8 @@ def main() -> int:
             print(f"   ran in {time.monotonic() - started:.0f} s; mutmut's output: {log}", flush=True)
             names = None
             if args.sample or args.again or configured[module].get("functions"):
-                names = {k for k, v in read_meta(module).items() if v is not None}
+                functions = [module_prefix(module) + f for f in configured[module].get("functions", ["*"])]
+                names = {k for k, v in read_meta(module).items() if v is not None and matches(k, functions)}
             totals.append((module, *report(module, names)))
     print("\nmodule                        detected / run   score")
     for module, detected, counted in totals:
