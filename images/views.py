@@ -307,7 +307,10 @@ class ImageViewSet(viewsets.ViewSet):
         f"queries: up to {MAX_MODELS} models. A model without images maps to `null`.",
         tags=["models"],
         parameters=[MODEL_IDS_PARAM, *SIGNED, *ERROR_HEADERS],
-        responses={200: MODELS_FOUND, **errors(BAD_MODELS)},
+        responses={
+            200: MODELS_FOUND,
+            **errors(BAD_MODELS, {414: "The URL is longer than 8190 bytes: use `POST /models/lookup`."}),
+        },
     )
     def models(self, request: Request) -> Response:
         return self._models(request, request.query_params.getlist("model_id"))

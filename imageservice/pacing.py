@@ -7,14 +7,6 @@ app (images/errors.py) answers its exception with a 408.
 import socket
 import time
 
-REQUEST_TIMEOUT_BODY = (
-    b'{"error": "request_timeout", "detail": "The request arrived too slowly; the connection was closed."}'
-)
-REQUEST_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(REQUEST_TIMEOUT_BODY), REQUEST_TIMEOUT_BODY)
-)
-
 
 class ClientTooSlow(TimeoutError):
     """The client sent its request more slowly than the service allows. A TimeoutError, so that

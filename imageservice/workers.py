@@ -20,23 +20,27 @@ holds none. Larger bodies than a form's are refused from their headers, except u
 (images/bodylimits.py).
 With TLS (which `serve` does not configure) it leaves everything to gthread.
 
-It also names the server `image-service` in the `Server` header, without gunicorn's name.
+It also names the server `image-service` in the `Server` header, without gunicorn's name, and
+answers what gunicorn refuses before the app sees it (a request line longer than 8190 bytes: 414,
+too many or too large headers: 431, a malformed request: 400) with the service's JSON error body
+instead of gunicorn's HTML page.
 """
 
 import contextlib
 import errno
+import json
 import re
 import time
 from collections import deque
 from functools import partial
 from selectors import EVENT_READ
 
-from gunicorn import http
+from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers.gthread import TConn
 from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 
-from imageservice.pacing import REQUEST_TIMEOUT_RESPONSE, PacedSocket
+from imageservice.pacing import PacedSocket
 
 # A head is handed to a thread once it ends, or once this much of it has arrived (gunicorn's own
 # limits then judge it, reading the rest through PacedSocket).
@@ -44,6 +48,39 @@ HEAD_BUFFER = 64 * 1024
 HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 SERVER = "image-service"  # no product or version for a scanner to match
 CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+# The error codes of the refusals that gunicorn makes itself (gunicorn.workers.base's handle_error).
+GUNICORN_ERRORS = {
+    400: "malformed_request",
+    403: "forbidden",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+
+
+def error_answer(status: int, reason: str, code: str, detail: str) -> bytes:
+    """A whole answer that closes the connection, with the body that images/errors.py gives the
+    app's errors: for what the worker answers before (or instead of) the app."""
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+REQUEST_TIMEOUT = error_answer(
+    408, "Request Timeout", "request_timeout", "The request arrived too slowly; the connection was closed."
+)
+
+
+def write_json_error(sock, status: int, reason: str, detail: str) -> None:
+    """gunicorn's `util.write_error`, with a JSON body (its own is an HTML page)."""
+    code = GUNICORN_ERRORS.get(status, "bad_request")
+    if status == 414:
+        detail = f"{detail}; send long lists of model_ids to POST /models/lookup"
+    util.write_nonblock(sock, error_answer(status, reason, code, detail or reason))
 
 
 def whole_at(head: bytes | bytearray) -> int:
@@ -60,6 +97,7 @@ class ThreadWorker(GThreadWorker):
     def init_process(self) -> None:
         self.heads: deque[TConn] = deque()  # connections whose head is arriving, oldest first
         wsgi.SERVER = SERVER  # what gunicorn's responses say in `Server` (read per response)
+        util.write_error = write_json_error  # what its refusals say (looked up per refusal)
         super().init_process()
 
     def load_wsgi(self) -> None:
@@ -153,7 +191,7 @@ class ThreadWorker(GThreadWorker):
         now = time.monotonic()
         while self.heads and self.heads[0].timeout <= now:
             conn = self.heads.popleft()
-            self.drop_head(conn, REQUEST_TIMEOUT_RESPONSE if conn.head else b"")
+            self.drop_head(conn, REQUEST_TIMEOUT if conn.head else b"")
 
     # --- Bodies, read by the thread --------------------------------------------------------------
 

@@ -335,3 +335,25 @@ def test_forwarded_proto_is_not_believed_and_the_server_header_names_no_version(
     response = upload_to(live.url, image_bytes(seed=6), new_model_id("proto"), http=http)
     assert response.json()["url"].startswith("http://"), response.json()["url"]
     assert response.headers["Server"] == "image-service"
+
+
+def test_what_gunicorn_refuses_itself_is_a_json_error(live: Live) -> None:
+    """A request line over 8190 bytes, too many headers, or no HTTP at all never reach the app:
+    gunicorn answers them, with the service's JSON body rather than its own HTML page. A URL that
+    fits is the app's to judge."""
+    many = "&".join(f"model_id={'m' * 60}{n}" for n in range(100))  # 100 ids of 61 characters: 7.2 KB
+    assert requests.get(f"{live.url}/models?{many}", timeout=TIMEOUT).status_code == 200
+    too_long = requests.get(f"{live.url}/models?{many}&{'x' * 1000}=1", timeout=TIMEOUT)
+    assert_refused(too_long, 414, "uri_too_long")
+    assert "POST /models/lookup" in too_long.json()["detail"]
+    headers = {f"X-Extra-{n}": "1" for n in range(101)}
+    crowded = requests.get(f"{live.url}/images", headers=headers, timeout=TIMEOUT)
+    assert_refused(crowded, 431, "headers_too_large")
+    assert too_long.headers["Content-Type"] == crowded.headers["Content-Type"] == "application/json"
+    host, port = live.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"NOT HTTP\r\n\r\n")
+        answer = sock.makefile("rb").read()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/json" in head, answer
+    assert json.loads(body)["error"] == "malformed_request", answer

@@ -72,6 +72,7 @@ class Command(BaseCommand):
             "--timeout", "60",
             "--graceful-timeout", "30",
             "--keep-alive", "5",
+            "--limit-request-line", "8190",  # gunicorn's most; longer lists of model_ids: POST /models/lookup
             # X-Forwarded-Proto (https URLs) only from a proxy: none trusted at NUM_PROXIES=0, as in Django.
             "--forwarded-allow-ips", "*" if settings.NUM_PROXIES else "",
             "--config", "python:imageservice.gunicorn_conf",
