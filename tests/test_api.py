@@ -9,6 +9,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from images import hotcache
 from tests.helpers import assert_error, body, upload
 from tests.samples import image_bytes, png_with_header_size, zTXt_bomb
 from tests.servers import free_port
@@ -479,6 +480,38 @@ def test_reupload_after_delete_is_new(store, client):
     again = upload(client, data)
     assert again.status_code == 201
     assert body(client.get(f"/images/{again.json()['image_id']}/content")) == data
+
+
+def test_each_write_forgets_what_this_process_cached(store, client):
+    """A read, a write, the same read within HOT_CACHE_SECONDS: the read sees the write, because each
+    write forgets its own hot-cache entries here (a model's newest, with and without its label, and
+    the record)."""
+    first = upload(client, image_bytes(seed=1), label="front").json()
+    assert body(client.get("/image/m1")) == image_bytes(seed=1)
+    assert body(client.get("/image/m1?label=front")) == image_bytes(seed=1)
+    upload(client, image_bytes(seed=2), label="front")
+    assert body(client.get("/image/m1")) == image_bytes(seed=2)
+    assert body(client.get("/image/m1?label=front")) == image_bytes(seed=2)
+    assert client.get(f"/images/{first['image_id']}").status_code == 200
+    assert client.delete(f"/images/{first['image_id']}").status_code == 204
+    assert_error(client.get(f"/images/{first['image_id']}"), 404)
+
+
+def test_each_derivative_keeps_its_own_size_and_is_made_anew_after_a_delete(store, client):
+    """The hot cache keeps a derivative's size by image_id and name: two sizes of one image never
+    share it, and the same bytes uploaded again after a delete (which took the derivatives) get
+    theirs made again rather than a size whose file is gone."""
+    data = image_bytes("PNG", (300, 150))
+    meta = upload(client, data, name="a.png").json()
+    url = f"/images/{meta['image_id']}/content"
+    small, large = client.get(f"{url}?w=64"), client.get(f"{url}?w=128")
+    assert int(small["Content-Length"]) == len(body(small)) < len(body(large)) == int(large["Content-Length"])
+    assert client.delete(f"/images/{meta['image_id']}").status_code == 204
+    hotcache.blobs.clear()  # as another worker, or an eviction: the derivative's bytes are gone
+    again = upload(client, data, name="a.png").json()
+    response = client.get(f"/images/{again['image_id']}/content?w=64")
+    assert response.status_code == 200
+    assert body(response) == body(small)
 
 
 # --- HTTP behaviour ------------------------------------------------------------------------------

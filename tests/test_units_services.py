@@ -24,6 +24,7 @@ def test_an_empty_file_is_refused_first():
     with pytest.raises(InvalidRequest) as caught:
         services.check_image(ContentFile(b""))
     assert caught.value.get_codes() == "empty_file"
+    assert str(caught.value.detail) == "The file is empty."
 
 
 def test_check_image_gives_the_sha256_and_what_the_image_is():
