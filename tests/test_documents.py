@@ -4,11 +4,13 @@ reach only through a view that hides some of it (ties in the order, searching, l
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pymongo
 import pytest
 from bson import ObjectId
 
+from images import documents
 from images.backend import get_backend
-from images.documents import DuplicateImage, ImageRecord, new_image_id
+from images.documents import DuplicateImage, ImageRecord, MongoDocuments, iter_records, new_image_id
 
 AT = datetime(2026, 3, 4, 5, 6, 7, 8000, tzinfo=UTC)
 
@@ -101,6 +103,80 @@ def test_set_dimensions_changes_only_that_record(docs):
     assert docs.get(two.image_id) == two
 
 
+def test_iter_records_pages_through_every_record_newest_first(docs):
+    made = [record(n, "m" if n % 2 else "n", AT + timedelta(seconds=n)) for n in range(5)]
+    for one in made:
+        docs.insert(one)
+    assert list(iter_records(docs, batch=2)) == made[::-1]
+    assert list(iter_records(docs, "m", batch=1)) == [made[3], made[1]]
+    assert list(iter_records(docs, "x")) == []
+
+
+def test_with_contents_finds_every_models_record_of_those_bytes(docs):
+    one, other, elsewhere = record(1), record(2), replace(record(1), image_id=new_image_id(), model_id="n")
+    for each in (one, other, elsewhere):
+        docs.insert(each)
+    assert sorted(docs.with_contents([one.sha256]), key=lambda r: r.model_id) == [one, elsewhere]
+    assert docs.with_contents([]) == []
+
+
+def test_get_many_gives_the_records_that_exist(docs):
+    one, two = record(1), record(2)
+    docs.insert(one)
+    docs.insert(two)
+    found = docs.get_many([two.image_id, one.image_id, new_image_id(), "not-an-id"])
+    assert sorted(found, key=lambda r: r.image_id) == sorted([one, two], key=lambda r: r.image_id)
+    assert docs.get_many([]) == docs.get_many(["not-an-id"]) == []
+
+
+def test_newest_of_gives_each_models_newest_with_ties_broken_by_image_id(docs):
+    old, newer, tie = record(1, "m"), record(2, "m", AT + timedelta(seconds=1)), record(3, "m", AT)
+    only = record(4, "n", AT - timedelta(days=1))
+    for each in (old, newer, tie, only, record(5, "other")):
+        docs.insert(each)
+    assert docs.newest_of(["m", "n", "unknown"]) == {"m": newer, "n": only}
+    docs.delete(newer.image_id)
+    assert docs.newest_of(["m"]) == {"m": max(old, tie, key=lambda r: r.image_id)}
+
+
+def test_set_label_returns_the_record_before_and_changes_only_that_record(docs):
+    one, two = record(1), record(2)
+    docs.insert(one)
+    docs.insert(two)
+    assert docs.set_label(one.image_id, "front") == one
+    assert docs.get(one.image_id) == replace(one, label="front")
+    assert docs.set_label(one.image_id, None) == replace(one, label="front")
+    assert docs.get(one.image_id) == one
+    assert docs.get(two.image_id) == two
+    assert docs.set_label(new_image_id(), "front") is None
+
+
+@pytest.mark.parametrize("store", ["mongo"], indirect=True)  # the aggregation: MongoDB only
+def test_newest_of_falls_back_to_a_find_on_a_server_without_first(store, docs, monkeypatch):
+    """FerretDB 1.24 has no `$group` `$first`: the first newest_of of a client finds that out (and
+    only that error), the answer is the same, and the client is remembered."""
+    monkeypatch.setattr(documents, "_WITHOUT_FIRST", set())
+    one, two = record(1, "m"), record(2, "m", AT + timedelta(seconds=1))
+    docs.insert(one)
+    docs.insert(two)
+    assert docs.newest_of(["m"]) == {"m": two}
+    assert docs.newest_of(["m"]) == {"m": two}
+    assert docs.collection.database.client in documents._WITHOUT_FIRST
+
+
+def test_mongo_documents_on_a_given_database(mongo_uri):
+    """A storage migration's records go to the database it names, not the configured one."""
+    client = pymongo.MongoClient(mongo_uri)
+    database = client[f"docs_{new_image_id()}"]
+    try:
+        one = record(1)
+        MongoDocuments(database).insert(one)
+        assert [d["_id"] for d in database["images"].find()] == [ObjectId(one.image_id)]
+    finally:
+        client.drop_database(database.name)
+        client.close()
+
+
 @pytest.mark.parametrize("store", ["mongo"], indirect=True)  # legacy and foreign documents: MongoDB only
 def test_mongo_records_without_a_sha256_or_with_unknown_fields(store, docs):
     one = record(1)
@@ -114,3 +190,6 @@ def test_mongo_records_without_a_sha256_or_with_unknown_fields(store, docs):
     assert (docs.count(), docs.count("m")) == (1, 1)
     assert docs.delete(str(legacy)) is None
     assert store.mongo_db["images"].count_documents({"_id": legacy}) == 1
+    assert docs.set_label(str(legacy), "front") is None
+    assert docs.get_many([str(legacy), one.image_id]) == [one]
+    assert docs.newest_of(["m"]) == {"m": one}
