@@ -1,6 +1,9 @@
 """Mongo mode's own details, and the places where FerretDB (the test server) differs from MongoDB."""
 
+from datetime import timedelta
+
 import pytest
+from bson import ObjectId
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from gridfs import GridFSBucket
@@ -124,3 +127,30 @@ def test_an_index_an_earlier_version_made_with_other_options_is_kept(store, capl
     assert "unique" not in store.mongo_db["images"].index_information()["model_sha256"]
     if not is_ferretdb(store.mongo_db):
         assert "model_sha256 exists with other options; kept as it is" in caplog.text
+
+
+def test_a_deleted_blobs_chunks_wait_for_the_purge_delay(store, monkeypatch):
+    """A download that opened the blob keeps reading for `purge_delay`; after it, the chunks go."""
+    storage, chunks = store.storage, store.mongo_db["fs.chunks"]
+    data = blob(1000)
+    name = storage.save(name_of(data), ContentFile(data))
+    storage.delete(name)
+    assert chunks.count_documents({}) == 1
+    monkeypatch.setattr(storage, "purge_delay", timedelta(0))
+    storage.purge()
+    assert chunks.count_documents({}) == 0
+    assert store.mongo_db["fs.deleted"].count_documents({}) == 0
+
+
+def test_of_two_copies_of_a_blob_the_lowest_id_is_read(store):
+    """Two concurrent saves of one name may both leave a files document; `_write` keeps the one
+    with the lowest _id, so reads take that one even when it was inserted last."""
+    data = blob(1000)
+    name = store.storage.save(name_of(data), ContentFile(data))
+    first = store.mongo_db["fs.files"].find_one({"filename": name})
+    older = ObjectId.from_datetime(first["_id"].generation_time - timedelta(days=1))
+    other = bytes(reversed(data))
+    store.mongo_db["fs.chunks"].insert_one({"files_id": older, "n": 0, "data": other})
+    store.mongo_db["fs.files"].insert_one({**first, "_id": older})
+    with store.storage.open(name) as f:
+        assert f.read() == other

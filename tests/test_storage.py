@@ -8,12 +8,15 @@ import io
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import pytest
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.base import ContentFile
 
+from images.documents import new_image_id
+from images.storage import BlobFileSystemStorage
 from tests.helpers import GRIDFS_CHUNK, blob, name_of, untrack
 
 THREADS = 8
@@ -252,3 +255,45 @@ def test_a_pin_racing_the_last_unpin_never_loses_the_blob(store, seed: int) -> N
         assert read_back(storage, name) == data
         assert storage.unpin(name, b) is True
         assert not storage.exists(name)
+
+
+# --- Listing, times and batches, as fsck, the derivatives and adopt_legacy use them ----------------
+
+
+def test_listdir_and_names_starting_list_the_blobs(store) -> None:
+    first, second = blob(100, seed=1), blob(100, seed=2)
+    names = sorted(store.storage.save(name_of(d), ContentFile(d)) for d in (first, second))
+    assert store.storage.listdir("") == ([], names)
+    assert store.storage.names_starting(names[0]) == [names[0]]
+    assert store.storage.names_starting(names[1]) == [names[1]]
+    assert store.storage.names_starting(name_of(blob(100, seed=9))) == []
+
+
+def test_get_modified_time_is_the_write_time(store) -> None:
+    name = store.storage.save(name_of(blob(100)), ContentFile(blob(100)))
+    written = store.storage.get_modified_time(name)
+    assert abs((datetime.now(written.tzinfo) - written).total_seconds()) < 600
+    with pytest.raises(FileNotFoundError):
+        store.storage.get_modified_time(name_of(blob(100, seed=9)))
+
+
+def test_pin_many_gives_the_names_that_exist(store) -> None:
+    data = blob(100)
+    name = store.storage.save(name_of(data), ContentFile(data))
+    missing = name_of(blob(100, seed=9))
+    holders = [new_image_id() for _ in range(3)]
+    assert store.storage.pin_many([(name, holders[0]), (missing, holders[1]), (name, holders[2])]) == {name}
+    assert set(store.storage.pins(name)) == {holders[0], holders[2]}
+
+
+def test_the_files_layout_on_disk_is_kept(settings) -> None:
+    """Deployments' blobs are at `location/ab/cd/<name>`: a different fan-out would lose them."""
+    storage = BlobFileSystemStorage(location="/data")
+    name = "ab" + "cd" + "e" * 60
+    assert storage.path(name) == f"/data/ab/cd/{name}"
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b"])
+def test_delete_leftover_refuses_what_is_no_temporary_files_name(tmp_path, name: str) -> None:
+    with pytest.raises(SuspiciousFileOperation):
+        BlobFileSystemStorage(location=str(tmp_path)).delete_leftover(name)
