@@ -1,6 +1,6 @@
 """Mongo mode's own details, and the places where FerretDB (the test server) differs from MongoDB."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from bson import ObjectId
@@ -13,6 +13,7 @@ from pymongo.errors import AutoReconnect
 
 from images import mongo
 from images.documents import MongoDocuments
+from images.storage import Leftover
 from tests.helpers import GRIDFS_CHUNK, blob, name_of
 from tests.samples import image_bytes
 
@@ -154,3 +155,25 @@ def test_of_two_copies_of_a_blob_the_lowest_id_is_read(store):
     store.mongo_db["fs.files"].insert_one({**first, "_id": older})
     with store.storage.open(name) as f:
         assert f.read() == other
+
+
+def test_chunks_without_a_files_document_are_a_leftover_dated_by_their_last_chunk(store):
+    """An upload cut off before GridFS wrote its files document (which it writes last)."""
+    files_id = ObjectId()
+    chunks = [{"_id": ObjectId(), "files_id": files_id, "n": n, "data": b"x"} for n in range(2)]
+    store.mongo_db["fs.chunks"].insert_many(chunks)
+    assert list(store.storage.leftovers()) == [Leftover(str(files_id), chunks[1]["_id"].generation_time)]
+
+
+def test_a_last_unpin_that_finds_another_closing_leaves_the_blob_to_it(store):
+    """Another process's closing mark on the name (it sees the same pins): this unpin retries for a
+    moment (50 x 10 ms), then leaves the blob, and the mark, to that closing."""
+    data = blob(1000)
+    holder = str(ObjectId())
+    assert not store.storage.pin(name_of(data), holder)
+    name = store.storage.save(name_of(data), ContentFile(data))
+    mark = {"_id": name, "by": ObjectId(), "at": datetime.now(UTC)}
+    store.mongo_db["fs.closing"].insert_one(mark)
+    assert store.storage.unpin(name, holder) is False
+    assert store.storage.exists(name)
+    assert store.mongo_db["fs.closing"].find_one({"_id": name})["by"] == mark["by"]
