@@ -16,6 +16,7 @@ from django.db import DEFAULT_DB_ALIAS
 from django.db.models import QuerySet
 from pymongo.database import Database
 
+from . import mongo
 from .documents import Documents
 from .models import Cover
 
@@ -53,8 +54,7 @@ class MongoCovers:
         return {d["_id"]: d["image_id"] for d in self.collection.find({"_id": {"$in": model_ids}})}
 
     def set(self, model_id: str, image_id: str, set_at: datetime | None = None) -> None:
-        doc = {"image_id": image_id, "set_at": set_at or datetime.now(UTC)}
-        self.collection.replace_one({"_id": model_id}, doc, upsert=True)
+        mongo.upsert(self.collection, model_id, {"image_id": image_id, "set_at": set_at or datetime.now(UTC)})
 
     def clear(self, model_id: str, image_id: str | None = None) -> bool:
         query = {"_id": model_id} if image_id is None else {"_id": model_id, "image_id": image_id}
@@ -81,7 +81,10 @@ class SQLCovers:
         return dict(self.rows.filter(model_id__in=model_ids).values_list("model_id", "image_id"))
 
     def set(self, model_id: str, image_id: str, set_at: datetime | None = None) -> None:
-        Cover(model_id=model_id, image_id=image_id, set_at=set_at or datetime.now(UTC)).save(using=self.using)
+        # Not save(): its UPDATE-then-INSERT lets two first covers of one model collide.
+        self.rows.update_or_create(
+            model_id=model_id, defaults={"image_id": image_id, "set_at": set_at or datetime.now(UTC)}
+        )
 
     def clear(self, model_id: str, image_id: str | None = None) -> bool:
         covers = self.rows.filter(model_id=model_id)

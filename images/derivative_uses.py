@@ -61,7 +61,7 @@ class MongoDerivativeUses:
         return self._collection
 
     def made(self, name: str, size: int, at: datetime) -> None:
-        self.collection.update_one({"_id": name}, {"$set": {"size": size, "used_at": at}}, upsert=True)
+        mongo.upsert(self.collection, name, {"size": size, "used_at": at})  # racing another's `add`
 
     def touch(self, name: str, at: datetime) -> bool:
         return self.collection.update_one({"_id": name}, {"$set": {"used_at": at}}).matched_count > 0

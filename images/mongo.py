@@ -21,7 +21,7 @@ from django.conf import settings
 from pymongo import IndexModel, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.read_preferences import (
     Nearest,
     Primary,
@@ -130,6 +130,20 @@ def insert_new(collection: Collection, docs: list[dict]) -> list[int]:
             raise
         return [error["index"] for error in errors]
     return []
+
+
+def upsert(collection: Collection, _id: object, fields: dict) -> None:
+    """Sets `fields` on the document `_id`, inserting it if missing.
+
+    Two upserts of one new `_id` at once (or an upsert and an insert) can both find no document,
+    and then the second insert collides. MongoDB 4.2+ retries that itself; FerretDB and older
+    servers answer a duplicate key error. Either way the document exists now, so a plain update
+    finishes the job.
+    """
+    try:
+        collection.update_one({"_id": _id}, {"$set": fields}, upsert=True)
+    except DuplicateKeyError:
+        collection.update_one({"_id": _id}, {"$set": fields})
 
 
 def _create_index(collection: Collection, index: IndexModel) -> None:

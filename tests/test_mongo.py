@@ -1,5 +1,7 @@
 """Mongo mode's own details, and the places where FerretDB (the test server) differs from MongoDB."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -177,3 +179,22 @@ def test_a_last_unpin_that_finds_another_closing_leaves_the_blob_to_it(store):
     assert store.storage.unpin(name, holder) is False
     assert store.storage.exists(name)
     assert store.mongo_db["fs.closing"].find_one({"_id": name})["by"] == mark["by"]
+
+
+def test_upserts_of_one_new_id_at_once_all_succeed(store):
+    """Two workers recording one new derivative (or setting one model's first cover) at once: each
+    upsert can find no document, and then the second insert collides. FerretDB answers that with a
+    duplicate key error, which once reached a client as a 500 (the stress test's derivative)."""
+    collection = store.mongo_db["races"]
+    ids = [f"id-{n}" for n in range(60)]
+    start = threading.Barrier(4)
+
+    def race(worker: int) -> None:
+        start.wait()
+        for _id in ids:
+            mongo.upsert(collection, _id, {"by": worker})
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(race, worker) for worker in range(4)]:
+            future.result()
+    assert collection.count_documents({}) == len(ids)
