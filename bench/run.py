@@ -54,6 +54,12 @@ def parse_args() -> argparse.Namespace:
         default="",
         help="comma-separated words: run only the groups and/or systems whose names contain one",
     )
+    parser.add_argument(
+        "--servers",
+        default="gunicorn",
+        help="comma-separated WSGI servers to run the service on (default gunicorn, production's);\n"
+        "granian adds rows such as 'service embedded on granian' (bench/serve_granian.py)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="(default bench/out)")
     return parser.parse_args()
 
@@ -69,7 +75,9 @@ def git_commit() -> str:
     return commit + (" plus uncommitted changes to tracked files" if dirty else "")
 
 
-def versions(ferretdb: str | None) -> str:
+def versions(ferretdb: str | None, servers: list[str]) -> str:
+    from importlib.metadata import version
+
     import django
     import gunicorn
 
@@ -81,6 +89,7 @@ def versions(ferretdb: str | None) -> str:
         f"Python {platform.python_version()}",
         f"Django {django.__version__}",
         f"gunicorn {gunicorn.__version__}",
+        *(f"{name} {version(name)}" for name in servers if name != "gunicorn"),
         first_line("nginx", "-v"),
         first_line("wrk", "-v").split(" Copyright")[0],
     ]
@@ -98,6 +107,11 @@ def main() -> None:
     import psutil
 
     from bench import matrix, report, runner, systems
+
+    servers = [name for name in args.servers.split(",") if name]
+    if not servers or any(name not in systems.SERVICE_SERVERS for name in servers):
+        sys.exit(f"bench: --servers takes a comma-separated list of {', '.join(systems.SERVICE_SERVERS)}")
+    on = [(systems.SERVICE_SERVERS[name], "" if name == "gunicorn" else f" on {name}") for name in servers]
 
     started = time.monotonic()
     say = lambda message: print(message, flush=True)  # noqa: E731
@@ -119,8 +133,12 @@ def main() -> None:
     workers = args.workers
     with mongo_servers(ferretdb, out) as mongos:
         chosen = [
-            systems.Service("service embedded", "embedded", workers),
-            *(systems.Service(f"service mongo/{name}", name, workers, uri) for name, uri in mongos),
+            *(service(f"service embedded{suffix}", "embedded", workers) for service, suffix in on),
+            *(
+                service(f"service mongo/{name}{suffix}", name, workers, uri)
+                for name, uri in mongos
+                for service, suffix in on
+            ),
             systems.Nginx("nginx", "disk", workers),
             *(systems.NginxCache(f"nginx cache/{name}", name, workers, uri) for name, uri in mongos[:1]),
             systems.BareDjango("bare django", "disk", workers),
@@ -143,7 +161,7 @@ def main() -> None:
             f"after a {settings.warmup:g}s warm-up, median of {settings.repeats}; probes "
             f"{settings.probes} request(s)"
         ),
-        "software": versions(ferretdb),
+        "software": versions(ferretdb, servers),
         "others' CPU": others_cpu(results),
         "took": f"{time.monotonic() - started:.0f}s",
     }

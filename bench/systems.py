@@ -1,8 +1,9 @@
 """The systems under test: each starts on a fresh store, takes the sample images, and names its URLs.
 
-Every Python system runs on gunicorn with the settings `manage.py serve` uses, and the same worker count;
-nginx serves the same files from disk. A system answers only the endpoints it has (`endpoints`); the
-matrix skips the rest. To measure a new endpoint (derivatives, say), add it to `ServiceRun.PATHS`.
+Every Python system runs on gunicorn with the settings `manage.py serve` uses, and the same worker count
+(the service also on granian, with `bench/run.py --servers`); nginx serves the same files from disk. A
+system answers only the endpoints it has (`endpoints`); the matrix skips the rest. To measure a new
+endpoint (derivatives, say), add it to `ServiceRun.PATHS`.
 """
 
 import os
@@ -21,6 +22,7 @@ import psutil
 import pymongo
 import requests
 
+from imageservice.gunicorn_conf import METRICS_DIR_PREFIX
 from tests import servers
 
 ROOT = servers.ROOT
@@ -234,18 +236,64 @@ class Service(System):
         env = {**self.ENV, **env, "DATA_DIR": str(workdir / "data")}
         log = logs / f"{self.slug}.log"
         if self.mongo_uri is None:
-            with servers.service(env, log, workers=self.workers) as url:
-                yield ServiceRun(url, log, self._full_env(env))
+            with self.serve(env, log) as run:
+                yield run
             return
         with self.mongo_database() as db:
             env.update(MONGO_URI=self.mongo_uri, MONGO_DB=db)
-            with servers.service(env, log, workers=self.workers) as url:
-                yield ServiceRun(url, log, self._full_env(env))
+            with self.serve(env, log) as run:
+                yield run
+
+    @contextmanager
+    def serve(self, env: dict[str, str], log: Path) -> Iterator[ServiceRun]:
+        """The service on `env`'s store, on a free port: production's way (gunicorn)."""
+        with servers.service(env, log, workers=self.workers) as url:
+            yield ServiceRun(url, log, self._full_env(env))
 
     @staticmethod
     def _full_env(env: dict[str, str]) -> dict[str, str]:
         """What servers.service gives the service, for helpers that must see the same store."""
         return {**{k: v for k, v in os.environ.items() if not k.startswith("MONGO_")}, **env}
+
+
+class GranianRun(ServiceRun):
+    """The service on granian, whose workers each listen on a socket of their own (SO_REUSEPORT) while
+    its main process listens on none: the tree to watch is the main process's, not a listener's."""
+
+    def __init__(self, url: str, log: Path, env: dict[str, str], main: int):
+        super().__init__(url, log, env)
+        self.main = main
+
+    def root(self) -> psutil.Process:
+        return psutil.Process(self.main)
+
+
+class GranianService(Service):
+    """The service on granian's WSGI server instead of gunicorn (issue 17): bench/serve_granian.py
+    runs `manage.py serve` up to its exec of gunicorn, then granian with serve's address and counts."""
+
+    @contextmanager
+    def serve(self, env: dict[str, str], log: Path) -> Iterator[ServiceRun]:
+        port = servers.free_port()
+        argv = [sys.executable, "-m", "bench.serve_granian", "--bind", f"127.0.0.1:{port}"]
+        argv += ["--workers", str(self.workers)]
+        full_env = self._full_env(env)
+        url = f"http://127.0.0.1:{port}"
+        metrics = ""
+        try:
+            with servers.running(argv, log, cwd=ROOT, env=full_env) as proc:
+                wait_for_http(url + "/images?limit=1", proc, log, self.name)
+                # The directory serve made for the workers' metrics: gunicorn's on_exit hook removes
+                # it (imageservice/gunicorn_conf.py); granian runs no such hook.
+                metrics = psutil.Process(proc.pid).environ().get("PROMETHEUS_MULTIPROC_DIR", "")
+                yield GranianRun(url, log, full_env, proc.pid)
+        finally:
+            if Path(metrics).name.startswith(METRICS_DIR_PREFIX):
+                shutil.rmtree(metrics, ignore_errors=True)
+
+
+# The servers the service can be measured on (`bench/run.py --servers`); gunicorn is production's.
+SERVICE_SERVERS: dict[str, type[Service]] = {"gunicorn": Service, "granian": GranianService}
 
 
 class NaiveFlask(System):
