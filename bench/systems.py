@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from tests import servers
 
 ROOT = servers.ROOT
 THREADS = 4  # `manage.py serve`'s default --threads
+SHARED_MEMORY = Path("/dev/shm")
 
 
 def gunicorn_argv(app: str, port: int, workers: int) -> list[str]:
@@ -277,19 +279,22 @@ class GranianService(Service):
         port = servers.free_port()
         argv = [sys.executable, "-m", "bench.serve_granian", "--bind", f"127.0.0.1:{port}"]
         argv += ["--workers", str(self.workers)]
+        # The workers' metrics go to shared memory, as serve puts them for gunicorn, but in a directory
+        # named here: gunicorn's on_exit hook removes serve's own (imageservice/gunicorn_conf.py), and
+        # granian runs no such hook.
+        metrics = tempfile.mkdtemp(
+            prefix=METRICS_DIR_PREFIX, dir=SHARED_MEMORY if SHARED_MEMORY.is_dir() else None
+        )
         full_env = self._full_env(env)
         url = f"http://127.0.0.1:{port}"
-        metrics = ""
         try:
-            with servers.running(argv, log, cwd=ROOT, env=full_env) as proc:
+            with servers.running(
+                argv, log, cwd=ROOT, env={**full_env, "PROMETHEUS_MULTIPROC_DIR": metrics}
+            ) as proc:
                 wait_for_http(url + "/images?limit=1", proc, log, self.name)
-                # The directory serve made for the workers' metrics: gunicorn's on_exit hook removes
-                # it (imageservice/gunicorn_conf.py); granian runs no such hook.
-                metrics = psutil.Process(proc.pid).environ().get("PROMETHEUS_MULTIPROC_DIR", "")
                 yield GranianRun(url, log, full_env, proc.pid)
         finally:
-            if Path(metrics).name.startswith(METRICS_DIR_PREFIX):
-                shutil.rmtree(metrics, ignore_errors=True)
+            shutil.rmtree(metrics, ignore_errors=True)
 
 
 # The servers the service can be measured on (`bench/run.py --servers`); gunicorn is production's.
