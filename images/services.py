@@ -330,7 +330,10 @@ def _insert(docs: Documents, record: ImageRecord, file: File) -> bool:
             docs.insert(record)
         return True
     except DuplicateImage:
-        release_blob(storage, record.sha256, record.image_id)
+        # An import's image_id that a record of these same bytes holds: the pin is that record's.
+        holder = docs.get(record.image_id)
+        if holder is None or holder.sha256 != record.sha256:
+            release_blob(storage, record.sha256, record.image_id)
         return False
     except BaseException as failure:
         _release_quietly(storage, record, failure)

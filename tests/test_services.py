@@ -29,6 +29,20 @@ def test_an_image_id_that_another_image_holds_is_refused_and_its_pin_given_back(
     assert sha256(squatter) not in store.blob_names()
 
 
+def test_an_image_id_that_holds_these_bytes_for_another_model_keeps_its_pin(store):
+    """The refused record's pin would be the holder's own pin (same bytes, same image_id): giving it
+    back would delete the bytes under the record that holds that image_id."""
+    data = image_bytes("PNG", seed=1)
+    held = add(data)
+    with pytest.raises(InvalidRequest) as caught:
+        add(data, "m2", image_id=held.image_id)
+    assert caught.value.get_codes() == "image_id_taken"
+    assert store.records() == [held]
+    assert held.sha256 in store.blob_names()
+    assert services.delete_image(held.image_id) == held  # its pin is still its own to give back
+    assert held.sha256 not in store.blob_names()
+
+
 def test_the_same_image_id_for_the_same_bytes_is_the_record_there(store):
     held = add(image_bytes("PNG", seed=1))
     assert services.add_image(ContentFile(image_bytes("PNG", seed=1)), "m1", image_id=held.image_id) == (
