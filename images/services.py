@@ -302,7 +302,7 @@ def add_many(
     write_missing(list(missing.values()))
     clashed = docs.insert_many(records)
     for record in clashed:
-        release_blob(storage, record.sha256, record.image_id)
+        _give_back_pin(storage, docs, record)
     left_out = {record.image_id for record in clashed}
     for record, info in new:
         if record.image_id not in left_out:
@@ -330,14 +330,20 @@ def _insert(docs: Documents, record: ImageRecord, file: File) -> bool:
             docs.insert(record)
         return True
     except DuplicateImage:
-        # An import's image_id that a record of these same bytes holds: the pin is that record's.
-        holder = docs.get(record.image_id)
-        if holder is None or holder.sha256 != record.sha256:
-            release_blob(storage, record.sha256, record.image_id)
+        _give_back_pin(storage, docs, record)
         return False
     except BaseException as failure:
         _release_quietly(storage, record, failure)
         raise
+
+
+def _give_back_pin(storage: Storage, docs: Documents, record: ImageRecord) -> None:
+    """Gives back the pin of a record that was not written, unless a record of the same bytes
+    holds its image_id (an import's or an adoption's id, written before): the pin is then that
+    record's, and giving it back could delete the bytes under it."""
+    holder = docs.get(record.image_id)
+    if holder is None or holder.sha256 != record.sha256:
+        release_blob(storage, record.sha256, record.image_id)
 
 
 def hold_blob(storage: Storage, sha256: str, file: File, holder: str) -> None:

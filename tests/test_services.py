@@ -95,6 +95,28 @@ def test_a_large_jpeg_keeps_its_base(store):
     assert derivatives.base_name(held.sha256) in store.blob_names()
 
 
+def test_add_many_gives_back_only_the_pins_of_records_it_did_not_write(store):
+    """A clash on an image_id that a record of the same bytes holds (a second adoption run racing
+    the first) leaves that record's pin; a clash with other bytes gives back the new pin."""
+    data, other = image_bytes("PNG", seed=1), image_bytes("PNG", seed=2)
+    held = add(data)
+    new = []
+    for content in (data, other):
+        file = ContentFile(content, name="a.png")
+        digest, info = services.check_image(file)
+        new.append((services.new_record(file, digest, info, "m2", image_id=held.image_id), info))
+
+    def write_missing(records):
+        for record in records:
+            get_backend().blobs.save_new(record.sha256, ContentFile(other))
+
+    assert services.add_many(new, write_missing) == [record for record, _ in new]
+    assert store.records() == [held]
+    assert sorted(store.blob_names()) == [held.sha256]
+    assert services.delete_image(held.image_id) == held
+    assert store.blob_names() == []
+
+
 def test_add_many_writes_each_missing_blob_once(store):
     first, second = image_bytes("PNG", seed=1), image_bytes("PNG", seed=2)
     new = []
