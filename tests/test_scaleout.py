@@ -10,6 +10,7 @@ one kills an instance.
 import hashlib
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -231,6 +232,22 @@ def test_nginx_enforces_the_services_body_limit(scaled_out: Topology) -> None:
     too_big = os.urandom(MAX_UPLOAD_MB * 1024 * 1024 + 1)
     response = upload_to(scaled_out.nginx, too_big, "big", headers=scaled_out.writer)
     assert (response.status_code, response.json()["error"]) == (413, "too_large")
+
+
+def test_what_nginx_refuses_itself_is_answered_in_json(scaled_out: Topology) -> None:
+    """nginx's own 400, 414 and 431 carry the service's error bodies, as gunicorn's do."""
+    long_query = "&".join(f"model_id=model-{n:04}" for n in range(600))  # past nginx's 8 KB buffers
+    response = requests.get(f"{scaled_out.nginx}/models?{long_query}", timeout=10)
+    assert (response.status_code, response.json()["error"]) == (414, "uri_too_long")
+    response = requests.get(f"{scaled_out.nginx}/images", headers={"X-Big": "x" * 9000}, timeout=10)
+    assert (response.status_code, response.json()["error"]) == (431, "headers_too_large")
+    host, port = scaled_out.nginx.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"GET /images HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+        answer = b"".join(iter(lambda: conn.recv(65536), b""))  # nginx closes after a 400
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head, head
+    assert b'"malformed_request"' in body
 
 
 def test_throttling_is_shared_through_redis(scaled_out: Topology) -> None:
