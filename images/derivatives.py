@@ -103,8 +103,8 @@ def _quality(query: QueryDict, fmt: str) -> int:
 
 def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spec, bool]:
     """The derivative asked for, and whether the answer depends on `Accept` (format=auto)."""
-    unknown_fit = query.get("fit", "contain") not in ("contain", "cover")
-    if unknown_fit:
+    fit = query.get("fit", "contain")
+    if fit not in ("contain", "cover"):
         raise InvalidRequest("fit must be contain or cover.", code="invalid_fit")
     if preset := query.get("preset"):
         if preset not in settings.DERIVATIVE_PRESETS:
@@ -115,7 +115,7 @@ def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spe
         width = height = settings.DERIVATIVE_PRESETS[preset]
     else:
         width, height = _size(query, "w"), _size(query, "h")
-    if query.get("fit") == "cover" and not (width and height):
+    if fit == "cover" and not (width and height):  # so a full-size one has fit=contain
         raise InvalidRequest("fit=cover fills a box: give both w and h (or a preset).", code="invalid_fit")
     fmt = query.get("format", "auto" if preset else original_format)
     negotiated = fmt == "auto"
@@ -123,7 +123,6 @@ def parse_spec(query: QueryDict, accept: str, original_format: str) -> tuple[Spe
         fmt = "avif" if "image/avif" in accept else "webp" if "image/webp" in accept else original_format
     if fmt not in FORMATS:
         raise InvalidRequest("format must be jpeg, png, webp, avif or auto.", code="invalid_format")
-    fit = query.get("fit", "contain") if width or height else "contain"  # a full-size one has no fit
     return Spec(width, height, fit, fmt, _quality(query, fmt)), negotiated
 
 
