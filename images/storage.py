@@ -424,19 +424,20 @@ class LocalCopies:
         """The copy of `name`, opened as a file (the server can `sendfile` it) and now the most
         recently used; None if there is none, or none that can be read (GridFS is read instead, and
         the copy it tries to make says why in the log)."""
-        path = self.path(name)
+        if (path := self.path(name)) is None:
+            return None
         try:
-            file = open(path, "rb") if path else None  # noqa: SIM115 - the caller closes it
+            file = open(path, "rb")  # noqa: SIM115 - the caller closes it
         except OSError:
             return None
-        if file is not None:
-            os.utime(file.fileno())  # by descriptor: an eviction meanwhile changes nothing
+        os.utime(file.fileno())  # by descriptor: an eviction meanwhile changes nothing
         return file
 
     def size(self, name: str) -> int | None:
-        path = self.path(name)
+        if (path := self.path(name)) is None:
+            return None
         try:
-            return os.stat(path).st_size if path else None
+            return os.stat(path).st_size
         except OSError:  # as in `open`
             return None
 
