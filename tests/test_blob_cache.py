@@ -154,3 +154,13 @@ def test_a_large_image_read_twice_through_the_api_is_the_same_bytes(store, blob_
     assert body(client.get("/image/large")) == data
     for response in (first, second, ranged):
         response.close()
+
+
+@pytest.mark.parametrize("name", ["../outside", ".."])
+def test_a_name_that_is_no_blobs_never_reaches_a_file_outside_the_cache(store, blob_cache, name):
+    blob_cache.mkdir()
+    (blob_cache.parent / "outside").write_bytes(blob(LARGE))
+    with pytest.raises(FileNotFoundError):
+        store.storage.open(name)
+    with pytest.raises(FileNotFoundError):
+        store.storage.size(name)
