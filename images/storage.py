@@ -21,11 +21,17 @@ per name in `<bucket>.closing` while an unpin decides (only inserts and deletes 
 atomic everywhere; see `GridFSStorage.pin`); on disk, one empty file per pin under
 `.refs/ab/cd/<name>/`, changed under a per-shard `flock`. A blob written before pins existed is
 *untracked*: pinning it succeeds, and nothing unpins it away; `fsck --repair` starts tracking it.
+
+A GridFSStorage with a `cache_dir` keeps local copies of the large blobs it has read whole (see
+`LocalCopies`): FerretDB decodes every chunk per query, so a 10 MB read costs it 0.4 s or more where
+a file costs nothing. A name's bytes never change, so a copy is never stale.
 """
 
 import contextlib
 import fcntl
+import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -36,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from bson import Int64, ObjectId
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
@@ -52,8 +58,12 @@ from pymongo.errors import CursorNotFound, DuplicateKeyError, PyMongoError
 from pymongo.read_preferences import ReadPreference
 
 from . import mongo
+from .hotcache import BlobCache
+
+log = logging.getLogger(__name__)
 
 BLOB_NAME = re.compile(r"[0-9a-f]{4}[0-9A-Za-z_.-]*\Z")
+SHA256 = re.compile(r"[0-9a-f]{64}\Z")  # an original's name: its bytes' sha256
 HOLDER = re.compile(r"[0-9A-Za-z_~-]{1,64}\Z")  # an image_id, or fsck's TRACKING: a file and a field name
 TRACKING = "~tracking"  # the pin fsck holds while it starts tracking an untracked blob
 Pins = dict[str, datetime]  # holder: when it pinned
@@ -383,6 +393,187 @@ class GridFSReader(io.RawIOBase):
         super().close()
 
 
+class LocalCopies:
+    """Local copies of a GridFS bucket's large blobs, plain files in one folder (DATA_DIR/blob-cache),
+    the least recently used going first once they take more than `max_bytes`.
+
+    A copy is always right: a name's bytes never change, and a copy is made only from a read of the
+    whole blob from its first byte (see `CopyingReader`), whose length and, for an original, sha256
+    checked out; it is written to a temporary file (`tmp-…`: no blob name starts so), fsynced, then
+    renamed into place, so it is whole or absent, after a crash too, and workers copying the same
+    blob at once rename the same bytes. Opening a copy sets its mtime, the LRU order. After each new
+    copy, one scan of the folder removes the least recently used copies down to 90% of `max_bytes`
+    once they exceed it, and the temporary files of copies cut off (a killed worker) an hour ago.
+    Only blobs larger than the hot cache's `BlobCache.MAX_BLOB` are copied: it keeps smaller ones
+    in memory.
+    """
+
+    TEMP_PREFIX = "tmp-"
+    STALE_TEMP = 3600  # seconds: a copy that has not been written to for that long was cut off
+    LOW_WATER = 0.9
+
+    def __init__(self, directory: str, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+
+    def path(self, name: str) -> str | None:
+        """Where the copy of `name` goes; None for a name that is no blob's (never a path outside)."""
+        return os.path.join(self.directory, name) if is_blob_name(name) else None
+
+    def open(self, name: str) -> BinaryIO | None:
+        """The copy of `name`, opened as a file (the server can `sendfile` it) and now the most
+        recently used; None if there is none, or none that can be read (GridFS is read instead, and
+        the copy it tries to make says why in the log)."""
+        if (path := self.path(name)) is None:
+            return None
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError:
+            return None
+        os.utime(file.fileno())  # by descriptor: an eviction meanwhile changes nothing
+        return file
+
+    def size(self, name: str) -> int | None:
+        if (path := self.path(name)) is None:
+            return None
+        try:
+            return os.stat(path).st_size
+        except OSError:  # as in `open`
+            return None
+
+    def copying(self, name: str, reader: "GridFSReader") -> io.RawIOBase:
+        """`reader`, made to leave a copy if it is read whole; `reader` itself for a blob that is
+        not copied (small, larger than the cache, or not a blob's name) or when no temporary file
+        can be made (a failure of the copy never fails the read)."""
+        if not BlobCache.MAX_BLOB < reader.size <= self.max_bytes or self.path(name) is None:
+            return reader
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            temp = tempfile.NamedTemporaryFile(dir=self.directory, prefix=self.TEMP_PREFIX, delete=False)  # noqa: SIM115
+        except OSError as exc:
+            log.warning("no local copy of blob %s: %s", name, exc)
+            return reader
+        return CopyingReader(reader, self, name, temp)
+
+    def keep(self, name: str, temp: BinaryIO) -> None:
+        """Makes a finished temporary file the copy of `name`, then evicts if need be."""
+        temp.flush()
+        os.fsync(temp.fileno())  # whole before it has the name, whatever a crash cuts off
+        temp.close()
+        os.replace(temp.name, self.path(name))
+        self.evict()
+
+    def remove(self, name: str) -> None:
+        if path := self.path(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def evict(self) -> None:
+        """One scan: stale temporary files go; above `max_bytes`, the least recently used copies go
+        until they take at most LOW_WATER of it."""
+        stale = time.time() - self.STALE_TEMP
+        copies, total = [], 0
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:  # removed meanwhile
+                    continue
+                if entry.name.startswith(self.TEMP_PREFIX):
+                    if info.st_mtime < stale:
+                        _unlink_quietly(entry.path)
+                elif is_blob_name(entry.name):
+                    copies.append((info.st_mtime, info.st_size, entry.path))
+                    total += info.st_size
+        if total <= self.max_bytes:
+            return
+        for _, size, path in sorted(copies):
+            if total <= self.max_bytes * self.LOW_WATER:
+                break
+            _unlink_quietly(path)
+            total -= size
+
+
+def _unlink_quietly(path: str) -> None:
+    """For files that another worker may remove at the same moment."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class CopyingReader(io.RawIOBase):
+    """A GridFS reader that, read from byte 0 to its end, leaves a local copy (see `LocalCopies`).
+
+    The bytes go to a temporary file as they are read, one read's worth in memory at a time; at the
+    end, if they are the original's sha256 (a name that is one), the file becomes the copy. A seek
+    away from where the copy has got to (a Range), an error, or a close before the end deletes the
+    temporary file instead; so does a failure to write it (a full disk), which never fails the read.
+    """
+
+    def __init__(self, reader: "GridFSReader", copies: LocalCopies, name: str, temp: BinaryIO) -> None:
+        super().__init__()
+        self.reader = reader
+        self.copies = copies
+        self.name = name
+        self.temp: BinaryIO | None = temp
+        self.digest = hashlib.sha256() if SHA256.match(name) else None
+        self.copied = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.reader.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        position = self.reader.seek(offset, whence)
+        if position != self.copied:
+            self._drop()
+        return position
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self.reader.read(size)
+        if self.temp is not None and data:
+            try:
+                self.temp.write(data)
+                if self.digest is not None:
+                    self.digest.update(data)
+                self.copied += len(data)
+                if self.copied == self.reader.size:
+                    self._finish()
+            except OSError as exc:
+                log.warning("no local copy of blob %s: %s", self.name, exc)
+                self._drop()
+        return data
+
+    def _finish(self) -> None:
+        if self.digest is not None and self.digest.hexdigest() != self.name:
+            log.warning("GridFS blob %s does not hash to its name: no local copy made", self.name)
+            self._drop()
+            return
+        temp, self.temp = self.temp, None
+        try:
+            self.copies.keep(self.name, temp)
+        except BaseException:
+            temp.close()
+            _unlink_quietly(temp.name)
+            raise
+
+    def _drop(self) -> None:
+        """Deletes the unfinished copy, if any."""
+        if self.temp is not None:
+            temp, self.temp = self.temp, None
+            temp.close()
+            _unlink_quietly(temp.name)
+
+    def close(self) -> None:
+        self._drop()
+        self.reader.close()
+        super().close()
+
+
 @deconstructible(path="images.storage.GridFSStorage")
 class GridFSStorage(ContentAddressedMixin, Storage):
     """Blobs in a MongoDB GridFS bucket, one GridFS file per name (its `filename`).
@@ -397,6 +588,9 @@ class GridFSStorage(ContentAddressedMixin, Storage):
     before reads its chunks as it goes, and would break mid-body if they went (a file on disk keeps
     its bytes while it is open; GridFS does not). Each delete purges the chunks that are due; a
     delete cut off in between leaves chunks that fsck reclaims.
+
+    With a `cache_dir`, the large blobs it reads whole are copied there (`LocalCopies`), and read
+    from there next time; a blob it deletes loses its copy too.
     """
 
     LEFTOVER_KIND = "orphan_chunks"
@@ -415,6 +609,8 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         database: Database | None = None,
         purge_delay: float = 3600,
         blob_read_preference: str = "",
+        cache_dir: str = "",
+        cache_mb: int = 2048,
     ) -> None:
         """`database` reaches a MongoDB other than the configured one (a storage migration's).
 
@@ -422,8 +618,13 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         a blob read, instead of the URI's read preference: blobs never change, so a secondary's copy
         is as good as the primary's, and one that a secondary has not replicated yet is read from
         the primary. Everything else (exists, writes, deletes, listings) keeps the URI's.
+
+        `cache_dir` (the settings give DATA_DIR/blob-cache) is where local copies of large blobs go,
+        within `cache_mb` MiB (BLOB_CACHE_MB; 0 keeps none). Empty, the default, keeps none: so a
+        storage made by hand, such as a storage migration's, has none unless it is given one.
         """
         self.bucket_name = bucket_name
+        self.copies = LocalCopies(cache_dir, cache_mb * 1024 * 1024) if cache_dir and cache_mb > 0 else None
         self._database = database
         self.purge_delay = timedelta(seconds=purge_delay)
         try:
@@ -534,6 +735,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
             return False  # not pinned by `holder`, or a concurrent unpin of it won
         if not self._close(name):
             return False
+        self._forget_copy(name)
         self.purge()
         return True
 
@@ -621,20 +823,39 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         raise FileNotFoundError(name)
 
     def _open(self, name: str, mode: str = "rb") -> File:
+        """The blob's local copy if there is one, without any MongoDB command: that is safe because
+        a copy is never stale (names are content hashes) and a blob is deleted only once no record
+        names it, while every read looks its record up first. (Another instance's delete leaves
+        this copy until eviction, but no record leads to it; a record that this worker's hot cache
+        still holds leads to it, as it leads to hot-cached bytes, for HOT_CACHE_SECONDS at most.)
+        Else the GridFS file, copied locally if it is read whole."""
+        if self.copies is not None and (copy := self.copies.open(name)) is not None:
+            return File(copy, name)
         doc, database, fallback = self._find_blob(name)
         chunks = f"{self.bucket_name}.chunks"
-        return File(GridFSReader(database[chunks], doc, None if fallback is None else fallback[chunks]), name)
+        reader = GridFSReader(database[chunks], doc, None if fallback is None else fallback[chunks])
+        return File(reader if self.copies is None else self.copies.copying(name, reader), name)
 
     def exists(self, name: str) -> bool:
         return self.files.find_one({"filename": name}, {"_id": 1}) is not None
 
     def size(self, name: str) -> int:
+        """From the local copy if there is one, without any MongoDB command (see `_open`)."""
+        if self.copies is not None and (size := self.copies.size(name)) is not None:
+            return size
         return self._find_blob(name, {"length": 1})[0]["length"]
 
     def delete(self, name: str) -> None:
         for doc in self.files.find({"filename": name}, {"_id": 1}):
             self._delete_file(doc["_id"])
+        self._forget_copy(name)
         self.purge()
+
+    def _forget_copy(self, name: str) -> None:
+        """Removes this instance's copy of a blob just deleted; other instances' copies are left to
+        their eviction, since no record leads to them any more."""
+        if self.copies is not None:
+            self.copies.remove(name)
 
     def _delete_file(self, file_id: Any) -> None:
         """Its chunks are listed for a purge first, then the files document goes: cut off in

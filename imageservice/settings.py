@@ -135,6 +135,10 @@ MONGO_BLOB_READ_PREFERENCE = env.str("MONGO_BLOB_READ_PREFERENCE", default="")
 # Mongo mode: a deleted blob's GridFS chunks are kept this many seconds, so that downloads already
 # running finish (a file on disk keeps its bytes while open; GridFS does not).
 GRIDFS_PURGE_DELAY = env.float("GRIDFS_PURGE_DELAY", default=3600.0)
+# Mongo mode: local copies of the blobs larger than the hot cache's per-blob maximum, once read
+# whole, in DATA_DIR/blob-cache, within this many MiB (least recently used out first; 0: none).
+# FerretDB decodes every chunk per query; a copy is a file. Blobs never change, so copies are right.
+BLOB_CACHE_MB = env.int("BLOB_CACHE_MB", default=2048)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -145,6 +149,8 @@ STORAGES = {
                 "bucket_name": "fs",
                 "purge_delay": GRIDFS_PURGE_DELAY,
                 "blob_read_preference": MONGO_BLOB_READ_PREFERENCE,
+                "cache_dir": str(DATA_DIR / "blob-cache"),
+                "cache_mb": BLOB_CACHE_MB,
             },
         }
         if MONGO

@@ -89,6 +89,9 @@ BUDGETS = {
         ("getMore", "fs.chunks"),
         ("getMore", "fs.chunks"),
     ],
+    # ... the same blob again: read whole once by this instance, it has a local copy (GridFSStorage's
+    # cache_dir, for blobs over the hot cache's BlobCache.MAX_BLOB), opened with no command at all
+    "GET by id, cold, blob cached on disk": [("find", "images")],
 }
 
 

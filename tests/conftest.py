@@ -88,6 +88,18 @@ def store(request, settings, tmp_path, db) -> Iterator[Store]:
 
 
 @pytest.fixture
+def blob_cache(store, settings, tmp_path: Path) -> Path:
+    """Mongo mode's local copies of large blobs (GridFSStorage's `cache_dir`, as the settings give
+    it), in this test's own folder; `store` leaves them off otherwise."""
+    assert store.mode == "mongo", "local copies are GridFSStorage's"
+    cache_dir = tmp_path / "blob-cache"
+    images = settings.STORAGES["images"]
+    options = {**images["OPTIONS"], "cache_dir": str(cache_dir)}
+    settings.STORAGES = {**settings.STORAGES, "images": {**images, "OPTIONS": options}}
+    return cache_dir
+
+
+@pytest.fixture
 def mongo_commands(store, monkeypatch, settings) -> Iterator[CommandCounter]:
     """Counts the commands the service sends to MongoDB, through its own client (Mongo mode only)."""
     from images import mongo

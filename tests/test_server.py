@@ -173,6 +173,22 @@ def test_stale_if_range_gets_the_whole_body(live: Live, ranged: tuple[str, bytes
     assert response.content == data
 
 
+def test_ranges_of_a_local_copy_are_exact(live: Live, ranged: tuple[str, bytes]) -> None:
+    """Read whole once, a blob has a local copy in Mongo mode (BLOB_CACHE_MB), a file that the
+    server sendfile()s from the range's offset: every span is exact, and nothing more goes on the
+    keep-alive connection (the next answer parses)."""
+    image_id, data = ranged
+    url = f"{live.url}/images/{image_id}/content"
+    with requests.Session() as http:
+        assert http.get(url, timeout=TIMEOUT).content == data
+        if live.mode == "mongo":
+            assert (live.data_dir / "blob-cache" / sha256(data)).is_file()
+        for header, first, last in span_cases(len(data)):
+            response = http.get(url, headers={"Range": header}, timeout=TIMEOUT)
+            assert (response.status_code, response.content) == (206, data[first : last + 1]), header
+        assert http.get(url, timeout=TIMEOUT).content == data
+
+
 # --- Large bodies ------------------------------------------------------------------------------
 
 
