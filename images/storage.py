@@ -28,6 +28,7 @@ a file costs nothing. A name's bytes never change, so a copy is never stale.
 """
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import io
@@ -116,6 +117,11 @@ class ContentAddressedMixin:
     `unpin(name, holder) -> bool` (True: that was the last pin, and the blob is gone),
     `pins(name) -> Pins | None` (None: untracked), and `track(name)` for fsck.
     """
+
+    def in_store(self) -> "ContentAddressedMixin":
+        """This storage reading the store itself, never a local copy (GridFSStorage's): what fsck
+        checks. A storage without copies is that already."""
+        return self
 
     def get_available_name(self, name: str, max_length: int | None = None) -> str:
         if not is_blob_name(name):
@@ -829,12 +835,19 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         this copy until eviction, but no record leads to it; a record that this worker's hot cache
         still holds leads to it, as it leads to hot-cached bytes, for HOT_CACHE_SECONDS at most.)
         Else the GridFS file, copied locally if it is read whole."""
-        if self.copies is not None and (copy := self.copies.open(name)) is not None:
-            return File(copy, name)
+        if self.copies is not None and (local := self.copies.open(name)) is not None:
+            return File(local, name)
         doc, database, fallback = self._find_blob(name)
         chunks = f"{self.bucket_name}.chunks"
         reader = GridFSReader(database[chunks], doc, None if fallback is None else fallback[chunks])
         return File(reader if self.copies is None else self.copies.copying(name, reader), name)
+
+    def in_store(self) -> "GridFSStorage":
+        """A twin without local copies: a copy damaged on this disk is not the store's damage, and a
+        blob damaged in GridFS must not hide behind a good copy."""
+        twin = copy.copy(self)
+        twin.copies = None
+        return twin
 
     def exists(self, name: str) -> bool:
         return self.files.find_one({"filename": name}, {"_id": 1}) is not None

@@ -2,12 +2,16 @@
 a blob read whole is copied to a file, read from it next without MongoDB, and never copied wrong.
 """
 
+import contextlib
+import io
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
+from django.core.management import CommandError, call_command
 
 from images import hotcache
 from images.documents import new_image_id
@@ -164,3 +168,28 @@ def test_a_name_that_is_no_blobs_never_reaches_a_file_outside_the_cache(store, b
         store.storage.open(name)
     with pytest.raises(FileNotFoundError):
         store.storage.size(name)
+
+
+def test_fsck_checks_the_store_never_a_local_copy(store, blob_cache, client):
+    """A blob damaged in GridFS is found though a good copy would hide it, and a copy damaged on
+    this disk is not reported as the store's damage (a repair would act on GridFS)."""
+    data = noise_jpeg((640, 480))
+    image_id = upload(client, data, model_id="large").json()["image_id"]
+    name = name_of(data)
+    assert read_whole(store.storage, name) == data and files_in(blob_cache) == [name]
+    (blob_cache / name).write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    report = fsck_deep()
+    assert (report["clean"], report["problems"]) == (True, []), report
+    (blob_cache / name).write_bytes(data)
+    last_chunk = store.mongo_db["fs.chunks"].find_one({"n": 1})  # two chunks; the copy keeps both
+    flipped = last_chunk["data"][:-1] + bytes([last_chunk["data"][-1] ^ 0xFF])
+    store.mongo_db["fs.chunks"].update_one({"_id": last_chunk["_id"]}, {"$set": {"data": flipped}})
+    report = fsck_deep()
+    assert [(p["kind"], p["subject"]) for p in report["problems"]] == [("sha256_mismatch", name)], image_id
+
+
+def fsck_deep() -> dict:
+    out = io.StringIO()
+    with contextlib.suppress(CommandError):  # fsck fails when it finds damage
+        call_command("fsck", "--deep", "--json", stdout=out, stderr=io.StringIO())
+    return json.loads(out.getvalue())

@@ -86,7 +86,7 @@ class Check:
 
     def __init__(self, backend: Backend, grace: int, delete_broken: bool) -> None:
         # The stores themselves, beneath the services: fsck checks what the services keep true.
-        self.backend, self.docs, self.storage = backend, backend.records, backend.blobs
+        self.backend, self.docs, self.storage = backend, backend.records, backend.blobs.in_store()
         self.cutoff = services.now() - timedelta(seconds=grace)
         self.delete_broken = delete_broken
         self.problems: list[Problem] = []
