@@ -205,8 +205,7 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
                     return False
             except FileNotFoundError:
                 return False  # not pinned by `holder` (untracked, or unpinned already)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path(name))
+            _unlink_quietly(self.path(name))
             os.rmdir(refs)  # after the blob: a crash in between leaves an empty folder, no blob without pins
             return True
 
@@ -236,8 +235,7 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
     def delete_leftover(self, name: str) -> None:
         if os.path.basename(name) != name or name in ("", ".", ".."):
             raise SuspiciousFileOperation(f"{name!r} is not a temporary file's name")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.location, self.TEMP_DIR, name))
+        _unlink_quietly(os.path.join(self.location, self.TEMP_DIR, name))
 
     def _write(self, name: str, content: File) -> None:
         final = self.path(name)
@@ -471,8 +469,7 @@ class LocalCopies:
 
     def remove(self, name: str) -> None:
         if path := self.path(name):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            _unlink_quietly(path)
 
     def evict(self) -> None:
         """One scan: stale temporary files go; above `max_bytes`, the least recently used copies go
@@ -501,7 +498,7 @@ class LocalCopies:
 
 
 def _unlink_quietly(path: str) -> None:
-    """For files that another worker may remove at the same moment."""
+    """For files that are gone already, or that another worker may remove at the same moment."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
