@@ -225,12 +225,14 @@ def test_export_then_import_into_an_empty_store_restores_every_field(store, tmp_
     assert "exported 4" in out
     older_id = next(r.image_id for r in before if r.uploaded_at == older)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert files == sorted(["manifest.jsonl", "m1/A.JPG", f"m1/a~{older_id}.jpg", "m2/a.jpg", "%2E%2E/p.png"])
-    assert (dest / "m1/A.JPG").read_bytes() == OTHER_JPEG  # the newest keeps its name
-    assert (dest / f"m1/a~{older_id}.jpg").read_bytes() == JPEG
+    assert older_id == cover.image_id
+    renamed = f"m1/A~{newest_a.image_id}.JPG"
+    assert files == sorted(["manifest.jsonl", "m1/a.jpg", renamed, "m2/a.jpg", "%2E%2E/p.png"])
+    assert (dest / "m1/a.jpg").read_bytes() == JPEG  # the cover keeps its name, though older
+    assert (dest / renamed).read_bytes() == OTHER_JPEG
     manifest = [json.loads(line) for line in (dest / "manifest.jsonl").read_text().splitlines()]
     assert {m["image_id"] for m in manifest} == {r.image_id for r in before}
-    assert next(m for m in manifest if m["image_id"] == newest_a.image_id)["path"] == "m1/A.JPG"
+    assert next(m for m in manifest if m["image_id"] == newest_a.image_id)["path"] == renamed
     assert [m["image_id"] for m in manifest if m.get("cover")] == [cover.image_id]
     assert {m["image_id"]: m["label"] for m in manifest if m["label"]} == {
         cover.image_id: "front",
@@ -286,7 +288,7 @@ def test_import_sets_a_cover_only_where_its_image_is_and_the_model_has_none(stor
 
 
 def test_export_of_one_model_and_into_a_used_folder(store, tmp_path):
-    add(JPEG, "m1")
+    services.set_cover("m1", add(JPEG, "m1").image_id)  # another model's cover stays out too
     only = add(PNG, "m2", "b.png")
     dest = tmp_path / "export"
     run("export", str(dest), "--model-id", "m2", "--quiet")

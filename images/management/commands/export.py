@@ -32,8 +32,8 @@ def folder_name(model_id: str) -> str:
 def file_name(filename: str, image_id: str, taken: set[str]) -> str:
     """The record's filename, unless the folder has it already; then `<stem>~<image_id>.<ext>`.
 
-    Records come newest first, so the newest image keeps the plain name, as /image/<model_id> serves
-    the newest. Names are compared case-blind, for the file systems that are.
+    The first to ask keeps the plain name: a model's cover, then its images newest first, the image
+    that /image/<model_id> serves. Names are compared case-blind, for the file systems that are.
     """
     stem, dot, ext = filename.rpartition(".")
     if not (dot and stem):
@@ -89,11 +89,15 @@ class Command(BaseCommand):
         partial = root / f"{MANIFEST}.partial"
         taken: defaultdict[str, set[str]] = defaultdict(set)
         covers = {(m, image_id) for m, image_id, _ in services.list_covers()}
+        paths = {  # the covers' names come first (see file_name); records come newest first
+            cover.image_id: self.path(cover, taken)
+            for m, _ in covers
+            if model_id in (None, m) and (cover := services.cover_record(m))
+        }
         tally = Tally()
         with Progress(services.count(model_id), "export", quiet) as progress, partial.open("w") as manifest:
             for record in services.all_records(model_id):
-                folder = folder_name(record.model_id)
-                path = f"{folder}/{file_name(record.filename, record.image_id, taken[folder])}"
+                path = paths.get(record.image_id) or self.path(record, taken)
                 if problem := copy_blob(storage, record, root / path):
                     tally.add(FAILED, record.size, f"{record.image_id} ({record.model_id})", problem)
                 else:
@@ -105,3 +109,9 @@ class Command(BaseCommand):
         self.stdout.write("\n".join(tally.summary({EXPORTED: "exported", FAILED: "not exported"})))
         if tally.counts[FAILED]:
             raise CommandError(f"{tally.counts[FAILED]} image(s) not exported (listed above).")
+
+    @staticmethod
+    def path(record: ImageRecord, taken: defaultdict[str, set[str]]) -> str:
+        """Where the record's file goes in the export, its name taken in its folder."""
+        folder = folder_name(record.model_id)
+        return f"{folder}/{file_name(record.filename, record.image_id, taken[folder])}"
