@@ -234,13 +234,15 @@ def add_image(
     keyword arguments let an import restore an exported record exactly.
     """
     sha256, info = check_image(file)
-    docs = get_backend().records
+    storage, docs = get_backend().blobs, get_backend().records
     record = new_record(file, sha256, info, model_id, filename, uploaded_at, image_id, uploaded_by, label)
     # A concurrent upload of the same bytes for the same model may win the insert and then be
     # deleted before we read it: each round either stores ours or finds theirs, and two such
-    # coincidences in a row are as good as never.
+    # coincidences in a row are as good as never. Bytes that the store lacks have no record (a
+    # record's blob lives as long as it does), so new bytes, the common case, skip the lookup: in
+    # embedded mode a stat instead of a query. One that a concurrent upload wins fails our insert.
     for _ in range(3):
-        if existing := docs.find(model_id, sha256):
+        if storage.exists(sha256) and (existing := docs.find(model_id, sha256)):
             return existing, False
         if _insert(docs, record, file):
             break

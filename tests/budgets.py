@@ -7,10 +7,10 @@ nothing. Data only, so that bench/ can import it without the test tools.
 # Each operation's commands, in order, as (command, collection). "Cold" means this process's hot
 # caches are empty: a hot hit sends nothing.
 BUDGETS = {
-    # the model's record of these bytes?; pin, closing mark?, blob exists?; chunks, files document,
-    # other copies?; the record
+    # blob exists? (no: so no record of these bytes either); pin, closing mark?, blob exists?;
+    # chunks, files document, other copies?; the record
     "upload new": [
-        ("find", "images"),
+        ("find", "fs.files"),
         ("insert", "fs.pins"),
         ("find", "fs.closing"),
         ("find", "fs.files"),
@@ -19,9 +19,11 @@ BUDGETS = {
         ("find", "fs.files"),
         ("insert", "images"),
     ],
-    # the same bytes for the same model: 200, nothing written; is it the model's cover?
-    "upload known": [("find", "images"), ("find", "covers")],
+    # the same bytes for the same model: the blob exists, then the model's record of it: 200,
+    # nothing written; is it the model's cover?
+    "upload known": [("find", "fs.files"), ("find", "images"), ("find", "covers")],
     "upload shared": [  # bytes that another model's image holds: a pin and a record
+        ("find", "fs.files"),
         ("find", "images"),
         ("insert", "fs.pins"),
         ("find", "fs.closing"),
