@@ -33,8 +33,11 @@ from pymongo.read_preferences import (
 
 log = logging.getLogger(__name__)
 
-# How long clean-up after losing MongoDB may wait for it (see `cleanup_deadline`).
-CLEANUP_SECONDS = 1.0
+# How long clean-up after losing MongoDB may wait for it (see `cleanup_deadline`): a server that
+# only dropped a connection is found again in milliseconds, while a gone one makes each of an
+# upload's clean-ups (the storage's, then the record's) add all of it to the 503's wait. pymongo
+# looks for a lost server every 0.5 s (minHeartbeatFrequencyMS), so no shorter wait fails sooner.
+CLEANUP_SECONDS = 0.5
 
 _lock = threading.Lock()
 _clients: dict[tuple[int, str], MongoClient] = {}

@@ -744,7 +744,7 @@ def test_slow_heads_and_bodies_get_408_with_short_timeouts(tmp_path: Path) -> No
         assert requests.get(f"{served.url}/images", timeout=TIMEOUT).json() == []
 
 
-def test_clean_up_after_losing_mongodb_waits_a_second_at_most() -> None:
+def test_clean_up_after_losing_mongodb_waits_a_moment_at_most() -> None:
     """An upload that loses MongoDB halfway cleans up what it wrote before answering 503; that clean-up
     would wait out the whole server-selection timeout again (3 s by default, so 6 s or more in all),
     and is cut short instead: what it leaves, fsck reclaims."""
