@@ -242,9 +242,10 @@ def add_image(
     # record's blob lives as long as it does), so new bytes, the common case, skip the lookup: in
     # embedded mode a stat instead of a query. One that a concurrent upload wins fails our insert.
     for _ in range(3):
-        if storage.exists(sha256) and (existing := docs.find(model_id, sha256)):
+        exists = storage.exists(sha256)
+        if exists and (existing := docs.find(model_id, sha256)):
             return existing, False
-        if _insert(docs, record, file):
+        if _insert(docs, record, file, missing=not exists):
             break
         taken = image_id and docs.get(image_id)  # an import's id that another image holds?
         if taken and (taken.model_id, taken.sha256) != (model_id, sha256):
@@ -321,13 +322,14 @@ def _stored(record: ImageRecord, info: ImageInfo) -> None:
     BYTES_STORED.inc(record.size)
 
 
-def _insert(docs: Documents, record: ImageRecord, file: File) -> bool:
-    """Pins the blob (writing it if need be), then writes the record: False if `(model_id, sha256)`
-    or the image_id exists already, with the pin given back."""
+def _insert(docs: Documents, record: ImageRecord, file: File, missing: bool) -> bool:
+    """Pins the blob (writing it if need be, and without looking for it first if it was `missing`
+    just before), then writes the record: False if `(model_id, sha256)` or the image_id exists
+    already, with the pin given back."""
     storage = get_backend().blobs
     try:
         with timed("blob_save"):
-            hold_blob(storage, record.sha256, file, record.image_id)
+            hold_blob(storage, record.sha256, file, record.image_id, missing)
         with timed("record_insert"):
             docs.insert(record)
         return True
@@ -348,11 +350,12 @@ def _give_back_pin(storage: Storage, docs: Documents, record: ImageRecord) -> No
         release_blob(storage, record.sha256, record.image_id)
 
 
-def hold_blob(storage: Storage, sha256: str, file: File, holder: str) -> None:
+def hold_blob(storage: Storage, sha256: str, file: File, holder: str, missing: bool) -> None:
     """Pins the blob `sha256` for `holder` (a record about to be written), then writes the bytes if
-    they are not there yet. The pin comes first, so no delete of another record that shares these
-    bytes can remove them before our record exists (see images/storage.py)."""
-    if not storage.pin(sha256, holder):
+    they are not there yet (or were `missing` just before). The pin comes first, so no delete of
+    another record that shares these bytes can remove them before our record exists (see
+    images/storage.py)."""
+    if not storage.pin(sha256, holder, missing=missing):
         storage.save_new(sha256, file)
 
 

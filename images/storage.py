@@ -111,8 +111,10 @@ def _check_holder(holder: str) -> None:
 class ContentAddressedMixin:
     """Names are digests of content: never renamed on collision, and saved once.
 
-    Pins (see the module's doc): `pin(name, holder) -> bool` (False: no such blob yet; the pin
-    holds the name, so save the bytes next, or unpin),
+    Pins (see the module's doc): `pin(name, holder, missing=False) -> bool` (False: no such blob
+    yet; the pin holds the name, so save the bytes next, or unpin; `missing`: the caller found no
+    such blob just before and saves it whatever the answer, so the pin need not look: one round trip
+    less in GridFS, and saving a blob that another writer saved meanwhile is harmless),
     `pin_many([(name, holder), ...]) -> set` (the names that exist, for a bulk command's batch),
     `unpin(name, holder) -> bool` (True: that was the last pin, and the blob is gone),
     `pins(name) -> Pins | None` (None: untracked), and `track(name)` for fsck.
@@ -187,10 +189,10 @@ class BlobFileSystemStorage(ContentAddressedMixin, FileSystemStorage):
         finally:
             os.close(fd)
 
-    def pin(self, name: str, holder: str) -> bool:
+    def pin(self, name: str, holder: str, missing: bool = False) -> bool:
         _check_holder(holder)
         with self._locked(name) as refs:
-            exists = os.path.exists(self.path(name))
+            exists = not missing and os.path.exists(self.path(name))
             if exists and not os.path.isdir(refs):
                 return True  # untracked: nothing unpins it away
             _write_pin(refs, holder)
@@ -702,7 +704,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         for doc in self.files.find({"filename": name}, {"_id": 1}).sort("_id", 1).skip(1):
             self._delete_file(doc["_id"])
 
-    def pin(self, name: str, holder: str) -> bool:
+    def pin(self, name: str, holder: str, missing: bool = False) -> bool:
         """The pin is written, then the name's closing mark is looked for: an `unpin` writes its mark,
         then looks for pins, and deletes the blob before it removes its mark. So either that unpin
         sees this pin and keeps the blob, or this sees its mark and waits for it to go; from then on
@@ -710,7 +712,7 @@ class GridFSStorage(ContentAddressedMixin, Storage):
         _check_holder(holder)
         self._add_pin(name, holder)
         self._wait_for_closing(name)
-        return self.exists(name)
+        return not missing and self.exists(name)
 
     def pin_many(self, pins: list[tuple[str, str]]) -> set[str]:
         """`pin` for many names in three commands whatever their number (on FerretDB each filter

@@ -7,13 +7,12 @@ nothing. Data only, so that bench/ can import it without the test tools.
 # Each operation's commands, in order, as (command, collection). "Cold" means this process's hot
 # caches are empty: a hot hit sends nothing.
 BUDGETS = {
-    # blob exists? (no: so no record of these bytes either); pin, closing mark?, blob exists?;
-    # chunks, files document, other copies?; the record
+    # blob exists? (no: so no record of these bytes either, and the pin need not look again); pin,
+    # closing mark?; chunks, files document, other copies?; the record
     "upload new": [
         ("find", "fs.files"),
         ("insert", "fs.pins"),
         ("find", "fs.closing"),
-        ("find", "fs.files"),
         ("insert", "fs.chunks"),
         ("insert", "fs.files"),
         ("find", "fs.files"),

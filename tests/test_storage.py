@@ -198,6 +198,22 @@ def test_a_blob_goes_with_its_last_pin(store) -> None:
     assert store.storage.pins(name) == {} or store.storage.pins(name) is None
 
 
+def test_a_pin_told_the_blob_is_missing_need_not_look_and_a_second_save_keeps_one_copy(store) -> None:
+    """An upload that found no blob pins with `missing=True`, then saves whatever the answer. Should
+    another writer have saved the blob in between, it is saved again harmlessly: one copy remains,
+    whole, held by the pin."""
+    data = blob(300 * 1024, seed=23)  # two GridFS chunks
+    name = name_of(data)
+    store.storage.save(name, ContentFile(data))  # another writer's, after the upload's look
+    assert store.storage.pin(name, HOLDERS[0], missing=True) is False
+    store.storage.save_new(name, ContentFile(data))
+    assert set(store.storage.pins(name)) == {HOLDERS[0]}
+    assert store.blob_names() == [name]
+    assert read_back(store.storage, name) == data
+    assert store.storage.unpin(name, HOLDERS[0]) is True
+    assert not store.storage.exists(name)
+
+
 @pytest.mark.parametrize("holder", ["", "a.b", "$set", "x" * 65, "../x"])
 def test_holders_that_are_not_ids_are_refused(store, holder: str) -> None:
     data = blob(10, seed=21)
