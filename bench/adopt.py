@@ -87,7 +87,7 @@ def upload(env: dict, images: list[bytes]) -> dict:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from bench.run import bootstrap
+    from bench.run import bootstrap, install_ferretdb
 
     bootstrap(tools=())
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -103,15 +103,13 @@ def main() -> None:
     from tests.servers import ferretdb
 
     images = copies(sample("hot", OUT / "samples"), count)
-    binary = subprocess.run(
-        ["scripts/install-ferretdb"], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+    binary = Path(install_ferretdb())
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("MONGO_")}
     base_env |= {"THROTTLE_UPLOAD": "", "LOG_LEVEL": "WARNING"}
     OUT.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="bench-adopt-") as work,
-        ferretdb(Path(binary.stdout.strip()), Path(work) / "ferretdb") as uri,
+        ferretdb(binary, Path(work) / "ferretdb") as uri,
     ):
         client = pymongo.MongoClient(uri)
         env = base_env | {"MONGO_URI": uri, "DATA_DIR": str(Path(work) / "data")}

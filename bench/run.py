@@ -98,6 +98,12 @@ def versions(ferretdb: str | None, servers: list[str]) -> str:
     return ", ".join(parts)
 
 
+def install_ferretdb() -> str:
+    """The path of the FerretDB binary that scripts/install-ferretdb builds once and caches."""
+    built = subprocess.run(["scripts/install-ferretdb"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return built.stdout.strip()
+
+
 def main() -> None:
     bootstrap()
     args = parse_args()
@@ -122,9 +128,7 @@ def main() -> None:
     )
     ferretdb = None
     try:
-        ferretdb = subprocess.run(
-            ["scripts/install-ferretdb"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        ferretdb = install_ferretdb()
     except (OSError, subprocess.CalledProcessError) as exc:
         say(f"bench: FerretDB is not available ({exc}); mongo mode runs only with MONGO_TEST_URI")
 

@@ -18,7 +18,6 @@ does; `--uri` measures another server. Everything listens on 127.0.0.1.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -119,7 +118,7 @@ def commands_table(title: str, result: dict) -> list[str]:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from bench.run import bootstrap
+    from bench.run import bootstrap, install_ferretdb
 
     bootstrap(tools=())
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -149,10 +148,7 @@ def main() -> None:
             del os.environ[key]
         uri = args.uri
         if args.mode == "mongo" and uri is None:
-            binary = subprocess.run(
-                ["scripts/install-ferretdb"], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-            uri = stack.enter_context(ferretdb(Path(binary), work / "ferretdb"))
+            uri = stack.enter_context(ferretdb(Path(install_ferretdb()), work / "ferretdb"))
         if args.mode == "mongo":
             os.environ |= {"MONGO_URI": uri, "MONGO_DB": f"bench_upload_{os.getpid()}"}
         os.environ |= {
