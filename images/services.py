@@ -245,7 +245,7 @@ def add_image(
         exists = storage.exists(sha256)
         if exists and (existing := docs.find(model_id, sha256)):
             return existing, False
-        if _insert(docs, record, file, missing=not exists):
+        if _insert(storage, docs, record, file, missing=not exists):
             break
         taken = image_id and docs.get(image_id)  # an import's id that another image holds?
         if taken and (taken.model_id, taken.sha256) != (model_id, sha256):
@@ -322,11 +322,10 @@ def _stored(record: ImageRecord, info: ImageInfo) -> None:
     BYTES_STORED.inc(record.size)
 
 
-def _insert(docs: Documents, record: ImageRecord, file: File, missing: bool) -> bool:
+def _insert(storage: Storage, docs: Documents, record: ImageRecord, file: File, missing: bool) -> bool:
     """Pins the blob (writing it if need be, and without looking for it first if it was `missing`
     just before), then writes the record: False if `(model_id, sha256)` or the image_id exists
     already, with the pin given back."""
-    storage = get_backend().blobs
     try:
         with timed("blob_save"):
             hold_blob(storage, record.sha256, file, record.image_id, missing)
